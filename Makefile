@@ -1,0 +1,26 @@
+# `make run` and `make test` work on a fresh machine: they build .venv from requirements.txt first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: run test init-db clean
+
+# Rebuilt whenever requirements.txt is newer than the last install.
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+init-db: $(VENV)/.installed
+	$(BIN)/flask --app todo_api init-db
+
+run: init-db
+	$(BIN)/flask --app todo_api run --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,226 @@
+"""The factory and its configuration, the service routes, and routing errors."""
+
+import os
+import stat
+
+import pytest
+
+from todo_api import ConfigError, create_app, database_uri
+
+ERROR_KEYS = {"code", "status", "message"}
+
+
+def test_short_configured_jwt_secret_stops_the_service(config, tmp_path):
+    config["JWT_SECRET_KEY"] = "too-short"
+    with pytest.raises(ConfigError, match="at least 32 bytes"):
+        create_app(config, instance_path=str(tmp_path))
+
+
+def test_generated_jwt_secret_is_kept_private_and_shared(config, tmp_path):
+    del config["JWT_SECRET_KEY"]
+    first = create_app(config, instance_path=str(tmp_path))
+    second = create_app(config, instance_path=str(tmp_path))
+    key_file = tmp_path / "jwt-secret.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert len(first.config["JWT_SECRET_KEY"]) >= 32
+    assert first.config["JWT_SECRET_KEY"] == second.config["JWT_SECRET_KEY"] == key_file.read_text().strip()
+    # A token from one worker is honoured by another worker on the same host.
+    token = first.test_client().post("/api/auth/signup", json={"email": "k@example.com", "password": "password123"})
+    assert token.status_code == 201
+    me = second.test_client().get("/api/auth/me", headers={"Authorization": f"Bearer {token.json['access_token']}"})
+    assert me.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("postgres://u:p@db.example.com:5432/app?sslmode=require", "postgresql+psycopg://u:p@db.example.com:5432/app?sslmode=require"),
+        ("postgresql://u@localhost/app", "postgresql+psycopg://u@localhost/app"),
+        ("postgresql+psycopg://u@localhost/app", "postgresql+psycopg://u@localhost/app"),
+        ("sqlite:///todo.db", "sqlite:///todo.db"),
+    ],
+)
+def test_database_url_as_hosting_providers_give_it(url, expected):
+    assert database_uri(url) == expected
+
+
+def test_environment_configures_the_app(monkeypatch, tmp_path):
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
+    monkeypatch.setenv("JWT_SECRET_KEY", "k" * 40)
+    monkeypatch.setenv("JWT_ACCESS_TOKEN_EXPIRES", "60")
+    monkeypatch.setenv("MAX_CONTENT_LENGTH", "2048")
+    monkeypatch.setenv("RATELIMIT_ENABLED", "false")
+    monkeypatch.setenv("FLASK_LOGIN_EMAIL_LIMIT", '"3 per minute"')
+    app = create_app(instance_path=str(tmp_path))
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path / 'env.db'}"
+    assert app.config["JWT_ACCESS_TOKEN_EXPIRES"] == 60
+    assert app.config["MAX_CONTENT_LENGTH"] == 2048
+    assert app.config["RATELIMIT_ENABLED"] is False
+    assert app.config["LOGIN_EMAIL_LIMIT"] == "3 per minute"
+    signup = app.test_client().post("/api/auth/signup", json={"email": "e@example.com", "password": "password123"})
+    assert signup.status_code == 201
+    assert signup.json["expires_in"] == 60
+    assert os.path.exists(tmp_path / "env.db")
+
+
+def test_health(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok", "database": "ok"}
+
+
+def test_unreachable_database_is_a_503_and_health_says_so(config, tmp_path):
+    config["SQLALCHEMY_DATABASE_URI"] = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
+    config["CREATE_TABLES"] = False
+    client = create_app(config, instance_path=str(tmp_path)).test_client()
+
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.json == {
+        "code": 503,
+        "status": "Service Unavailable",
+        "message": health.json["message"],
+        "database": "unavailable",
+    }
+
+    signup = client.post("/api/auth/signup", json={"email": "x@example.com", "password": "password123"})
+    assert signup.status_code == 503
+    assert set(signup.json) == ERROR_KEYS
+    assert "127.0.0.1" not in signup.json["message"]
+
+
+def test_unhandled_exception_is_a_json_500_without_internals(config, tmp_path):
+    config["TESTING"] = False  # with TESTING on, Flask re-raises instead
+    app = create_app(config, instance_path=str(tmp_path))
+
+    @app.route("/boom")
+    def boom():
+        raise RuntimeError("secret detail: SELECT password_hash FROM users")
+
+    response = app.test_client().get("/boom")
+    assert response.status_code == 500
+    assert response.json == {"code": 500, "status": "Internal Server Error", "message": "Internal server error."}
+    assert b"secret detail" not in response.data and b"Traceback" not in response.data
+
+
+def test_openapi_document_lists_every_route_and_the_bearer_scheme(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    spec = response.json
+    assert spec["openapi"].startswith("3.")
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    assert spec["security"] == [{"bearerAuth": []}]
+    expected = {
+        "/api/auth/signup": {"post"},
+        "/api/auth/login": {"post"},
+        "/api/auth/refresh": {"post"},
+        "/api/auth/logout": {"post"},
+        "/api/auth/me": {"get", "patch", "delete"},
+        "/api/auth/password": {"post"},
+        "/api/tasks": {"get", "post"},
+        "/api/tasks/{task_id}": {"get", "put", "patch", "delete"},
+        "/api/tasks/{task_id}/complete": {"patch"},
+        "/api/{user_id}/tasks": {"get", "post"},
+        "/api/{user_id}/tasks/{task_id}": {"get", "put", "patch", "delete"},
+        "/api/{user_id}/tasks/{task_id}/complete": {"patch"},
+    }
+    for path, methods in expected.items():
+        assert methods <= set(spec["paths"][path]), path
+    # Error responses are documented, in the one error shape.
+    create = spec["paths"]["/api/tasks"]["post"]
+    assert {"201", "401", "415", "422"} <= set(create["responses"])
+    assert spec["paths"]["/api/tasks/{task_id}"]["get"]["responses"]["404"] == {"$ref": "#/components/responses/NOT_FOUND"}
+    assert spec["paths"]["/api/{user_id}/tasks"]["get"]["responses"]["403"] == {"$ref": "#/components/responses/FORBIDDEN"}
+    assert set(spec["components"]["schemas"]["Error"]["required"]) == ERROR_KEYS
+    # Signup and login need no token; If-Match is optional.
+    assert spec["paths"]["/api/auth/login"]["post"]["security"] == []
+    assert spec["components"]["parameters"]["IF_MATCH"].get("required", False) is False
+    assert spec["paths"]["/api/{user_id}/tasks"]["get"]["tags"] == ["phase2"]
+
+
+def test_swagger_ui_is_served_with_its_own_assets(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "/openapi.json" in html
+    assert "https://" not in html and "http://" not in html  # nothing from a CDN
+    for asset in ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"):
+        assert f"/docs/assets/{asset}" in html
+        response = client.get(f"/docs/assets/{asset}")
+        assert response.status_code == 200, asset
+        assert len(response.data) > 10_000
+
+
+def test_unknown_route_is_a_json_404(client):
+    response = client.get("/api/nothing-here")
+    assert response.status_code == 404
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json == {"code": 404, "status": "Not Found", "message": "Resource not found."}
+
+
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("delete", "/api/tasks", {"GET", "POST"}),
+        ("put", "/api/auth/login", {"POST"}),
+        ("post", "/api/tasks/1", {"GET", "PUT", "PATCH", "DELETE"}),
+        ("get", "/api/tasks/1/complete", {"PATCH"}),
+        ("post", "/health", {"GET"}),
+    ],
+)
+def test_wrong_method_is_a_json_405_with_allow(client, method, path, allowed):
+    response = getattr(client, method)(path)
+    assert response.status_code == 405
+    assert allowed <= {m.strip() for m in response.headers["Allow"].split(",")}
+    assert response.json["code"] == 405
+    assert response.json["status"] == "Method Not Allowed"
+
+
+def test_every_response_says_nosniff(client):
+    for response in (client.get("/health"), client.get("/nowhere"), client.get("/api/tasks")):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_init_db_command(runner):
+    result = runner.invoke(args=["init-db"])
+    assert result.exit_code == 0
+    assert "Database ready" in result.output
+
+
+# --- CORS ---
+
+ORIGIN = "https://app.example.com"
+
+
+def test_no_cors_headers_by_default(client):
+    response = client.get("/api/tasks", headers={"Origin": ORIGIN})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+@pytest.mark.config(CORS_ORIGINS=f"{ORIGIN}, https://other.example.com")
+def test_cors_preflight_for_an_allowed_origin(client):
+    response = client.options(
+        "/api/tasks/1",
+        headers={"Origin": ORIGIN, "Access-Control-Request-Method": "PATCH", "Access-Control-Request-Headers": "Authorization, Content-Type, If-Match"},
+    )
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "PATCH" in response.headers["Access-Control-Allow-Methods"]
+    allowed = {h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"authorization", "content-type", "if-match"} <= allowed
+    assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+@pytest.mark.config(CORS_ORIGINS=ORIGIN)
+def test_cors_exposes_the_api_headers_to_scripts(client, auth_headers):
+    response = client.get("/api/tasks", headers={**auth_headers, "Origin": ORIGIN})
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    exposed = {h.strip() for h in response.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"ETag", "Location", "Link", "X-Pagination", "Retry-After"} <= exposed
+
+
+@pytest.mark.config(CORS_ORIGINS=ORIGIN)
+def test_cors_ignores_other_origins(client):
+    response = client.options("/api/tasks", headers={"Origin": "https://evil.example.com", "Access-Control-Request-Method": "GET"})
+    assert "Access-Control-Allow-Origin" not in response.headers

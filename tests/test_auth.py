@@ -1,0 +1,429 @@
+"""Accounts and sessions: signup, login, refresh rotation, logout, me, password, deletion,
+every way a token can be refused, and the brute-force limits."""
+
+import base64
+import json
+import time
+from datetime import timedelta
+
+import jwt as pyjwt
+import pytest
+from flask_jwt_extended import create_access_token, decode_token
+from sqlalchemy import func, select
+
+import todo_api
+from conftest import PASSWORD, bearer
+from todo_api import Task, User, UserSession, db
+
+TOKEN_PAIR_KEYS = {"access_token", "refresh_token", "token_type", "expires_in", "user"}
+
+
+def assert_token_pair(response, status=200):
+    assert response.status_code == status, response.json
+    assert response.headers["Cache-Control"] == "no-store"
+    assert set(response.json) == TOKEN_PAIR_KEYS
+    assert response.json["token_type"] == "Bearer"
+    assert response.json["expires_in"] == 900
+    assert set(response.json["user"]) == {"id", "email", "name", "created_at"}
+
+
+def assert_401(response):
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert set(response.json) == {"code", "status", "message"}
+    assert response.json["code"] == 401
+    assert response.json["status"] == "Unauthorized"
+
+
+# --- signup ---
+
+
+def test_signup_returns_a_token_pair_and_the_user(client):
+    response = client.post("/api/auth/signup", json={"email": " Ada@Example.COM", "password": PASSWORD, "name": "Ada"})
+    assert_token_pair(response, 201)
+    user = response.json["user"]
+    assert user["email"] == "ada@example.com"
+    assert user["name"] == "Ada"
+    assert user["created_at"].endswith("+00:00")
+    assert "password" not in response.get_data(as_text=True)
+    me = client.get("/api/auth/me", headers=bearer(response.json["access_token"]))
+    assert me.status_code == 200
+    assert me.json == user
+
+
+def test_signup_name_is_optional(client):
+    response = client.post("/api/auth/signup", json={"email": "n@example.com", "password": PASSWORD})
+    assert_token_pair(response, 201)
+    assert response.json["user"]["name"] == ""
+
+
+def test_password_is_stored_as_argon2id_at_owasp_parameters(app, make_user):
+    user = make_user(email="hash@example.com")
+    with app.app_context():
+        stored = db.session.scalar(select(User.password_hash).where(User.id == user["user"]["id"]))
+    assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert PASSWORD not in stored
+
+
+@pytest.mark.parametrize("email", ["dup@example.com", "DUP@example.com", " Dup@Example.com "])
+def test_signup_with_a_registered_email_is_a_409(client, make_user, email):
+    make_user(email="dup@example.com")
+    response = client.post("/api/auth/signup", json={"email": email, "password": PASSWORD})
+    assert response.status_code == 409
+    assert response.json["code"] == 409
+    assert response.json["status"] == "Conflict"
+    assert "already registered" in response.json["message"]
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"password": PASSWORD}, "email"),
+        ({"email": "not-an-email", "password": PASSWORD}, "email"),
+        ({"email": "a" * 245 + "@example.com", "password": PASSWORD}, "email"),
+        ({"email": 42, "password": PASSWORD}, "email"),
+        ({"email": "p@example.com"}, "password"),
+        ({"email": "p@example.com", "password": "short7!"}, "password"),
+        ({"email": "p@example.com", "password": "x" * 129}, "password"),
+        ({"email": "p@example.com", "password": 12345678}, "password"),
+        ({"email": "p@example.com", "password": PASSWORD, "name": "n" * 101}, "name"),
+        ({"email": "p@example.com", "password": PASSWORD, "name": "nul\u0000"}, "name"),
+        ({"email": "p@example.com", "password": PASSWORD, "role": "admin"}, "role"),
+        ({"email": "p@example.com", "password": PASSWORD, "id": 1}, "id"),
+    ],
+)
+def test_signup_validation(client, body, field):
+    response = client.post("/api/auth/signup", json=body)
+    assert response.status_code == 422
+    assert response.json["message"] == "Validation failed."
+    assert field in response.json["errors"]["json"]
+
+
+def test_signup_accepts_the_length_bounds(client):
+    email = "b" * 242 + "@example.com"  # 254 characters
+    response = client.post("/api/auth/signup", json={"email": email, "password": "x" * 8, "name": "n" * 100})
+    assert_token_pair(response, 201)
+    assert client.post("/api/auth/signup", json={"email": "c@example.com", "password": "y" * 128}).status_code == 201
+
+
+# --- login ---
+
+
+def test_login_with_any_case_of_the_email(client, make_user):
+    make_user(email="case@example.com")
+    response = client.post("/api/auth/login", json={"email": "CASE@example.com", "password": PASSWORD})
+    assert_token_pair(response)
+    assert response.json["user"]["email"] == "case@example.com"
+
+
+def test_login_failures_are_one_401_whatever_failed(client, make_user, monkeypatch):
+    make_user(email="known@example.com")
+    verified = []
+    real_verify = User.verify_password
+    monkeypatch.setattr(User, "verify_password", lambda user, password: verified.append(user.password_hash) or real_verify(user, password))
+
+    wrong_password = client.post("/api/auth/login", json={"email": "known@example.com", "password": "wrong password"})
+    unknown_email = client.post("/api/auth/login", json={"email": "nobody@example.com", "password": "wrong password"})
+    for response in (wrong_password, unknown_email):
+        assert_401(response)
+    assert wrong_password.json == unknown_email.json
+    assert wrong_password.json["message"] == "Invalid email or password."
+    # Both paths run one argon2 verification, so both take about as long.
+    assert len(verified) == 2
+    assert verified[1] == todo_api.DUMMY_HASH
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [({"email": "x@example.com"}, "password"), ({"password": PASSWORD}, "email"), ({"email": "x@example.com", "password": PASSWORD, "remember": True}, "remember")],
+)
+def test_login_validation(client, body, field):
+    response = client.post("/api/auth/login", json=body)
+    assert response.status_code == 422
+    assert field in response.json["errors"]["json"]
+
+
+# --- refresh ---
+
+
+def test_refresh_rotates_the_refresh_token(client, make_user):
+    user = make_user()
+    first = client.post("/api/auth/refresh", headers=bearer(user["refresh_token"]))
+    assert_token_pair(first)
+    assert first.json["user"] == user["user"]
+    assert first.json["refresh_token"] != user["refresh_token"]
+
+    # The refresh token used is dead; the new one works once.
+    assert_401(client.post("/api/auth/refresh", headers=bearer(user["refresh_token"])))
+    second = client.post("/api/auth/refresh", headers=bearer(first.json["refresh_token"]))
+    assert_token_pair(second)
+    assert_401(client.post("/api/auth/refresh", headers=bearer(first.json["refresh_token"])))
+
+    # Access tokens of the session keep working.
+    for token in (user["access_token"], first.json["access_token"], second.json["access_token"]):
+        assert client.get("/api/auth/me", headers=bearer(token)).status_code == 200
+
+
+def test_access_token_cannot_refresh_and_refresh_token_cannot_access(client, make_user):
+    user = make_user()
+    assert_401(client.post("/api/auth/refresh", headers=bearer(user["access_token"])))
+    assert_401(client.get("/api/auth/me", headers=bearer(user["refresh_token"])))
+    assert_401(client.get("/api/tasks", headers=bearer(user["refresh_token"])))
+
+
+# --- logout ---
+
+
+def test_logout_revokes_both_tokens_of_that_session_only(client, make_user):
+    user = make_user(email="out@example.com")
+    other_session = client.post("/api/auth/login", json={"email": "out@example.com", "password": PASSWORD}).json
+
+    response = client.post("/api/auth/logout", headers=user["headers"])
+    assert response.status_code == 204
+    assert response.data == b""
+
+    assert_401(client.get("/api/auth/me", headers=user["headers"]))
+    assert_401(client.post("/api/auth/refresh", headers=bearer(user["refresh_token"])))
+    assert_401(client.post("/api/auth/logout", headers=user["headers"]))
+    assert client.get("/api/auth/me", headers=bearer(other_session["access_token"])).status_code == 200
+
+
+def test_logout_also_revokes_tokens_issued_by_refresh(client, make_user):
+    user = make_user()
+    refreshed = client.post("/api/auth/refresh", headers=bearer(user["refresh_token"])).json
+    assert client.post("/api/auth/logout", headers=bearer(refreshed["access_token"])).status_code == 204
+    assert_401(client.get("/api/auth/me", headers=user["headers"]))
+    assert_401(client.post("/api/auth/refresh", headers=bearer(refreshed["refresh_token"])))
+
+
+# --- me ---
+
+
+def test_patch_me_changes_the_name(client, make_user):
+    user = make_user(name="Old")
+    response = client.patch("/api/auth/me", json={"name": "New Name"}, headers=user["headers"])
+    assert response.status_code == 200
+    assert response.json == {**user["user"], "name": "New Name"}
+    assert client.get("/api/auth/me", headers=user["headers"]).json["name"] == "New Name"
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [({}, "name"), ({"name": "n" * 101}, "name"), ({"name": None}, "name"), ({"name": "x", "email": "e@example.com"}, "email")],
+)
+def test_patch_me_validation(client, auth_headers, body, field):
+    response = client.patch("/api/auth/me", json=body, headers=auth_headers)
+    assert response.status_code == 422
+    assert field in response.json["errors"]["json"]
+
+
+# --- password ---
+
+
+def test_password_change_revokes_every_earlier_token(client, make_user):
+    user = make_user(email="pw@example.com")
+    other = client.post("/api/auth/login", json={"email": "pw@example.com", "password": PASSWORD}).json
+
+    response = client.post(
+        "/api/auth/password", json={"current_password": PASSWORD, "new_password": "a new password"}, headers=user["headers"]
+    )
+    assert_token_pair(response)
+    for token in (user["access_token"], other["access_token"]):
+        assert_401(client.get("/api/auth/me", headers=bearer(token)))
+    for token in (user["refresh_token"], other["refresh_token"]):
+        assert_401(client.post("/api/auth/refresh", headers=bearer(token)))
+
+    assert client.get("/api/auth/me", headers=bearer(response.json["access_token"])).status_code == 200
+    assert client.post("/api/auth/refresh", headers=bearer(response.json["refresh_token"])).status_code == 200
+    assert_401(client.post("/api/auth/login", json={"email": "pw@example.com", "password": PASSWORD}))
+    assert client.post("/api/auth/login", json={"email": "pw@example.com", "password": "a new password"}).status_code == 200
+
+
+def test_password_change_with_a_wrong_current_password_is_a_403(client, make_user):
+    user = make_user()
+    response = client.post(
+        "/api/auth/password", json={"current_password": "not my password", "new_password": "a new password"}, headers=user["headers"]
+    )
+    assert response.status_code == 403
+    assert response.json["code"] == 403
+    assert client.get("/api/auth/me", headers=user["headers"]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"new_password": "a new password"}, "current_password"),
+        ({"current_password": PASSWORD}, "new_password"),
+        ({"current_password": PASSWORD, "new_password": "short"}, "new_password"),
+    ],
+)
+def test_password_change_validation(client, auth_headers, body, field):
+    response = client.post("/api/auth/password", json=body, headers=auth_headers)
+    assert response.status_code == 422
+    assert field in response.json["errors"]["json"]
+
+
+# --- account deletion ---
+
+
+def test_delete_account_removes_the_user_and_their_tasks(app, client, make_user, make_task):
+    user = make_user(email="gone@example.com")
+    survivor = make_user()
+    make_task(headers=user["headers"], title="mine", tags=["x"])
+    make_task(headers=survivor["headers"], title="theirs")
+
+    response = client.delete("/api/auth/me", headers=user["headers"])
+    assert response.status_code == 204
+    assert_401(client.get("/api/auth/me", headers=user["headers"]))
+    assert_401(client.post("/api/auth/refresh", headers=bearer(user["refresh_token"])))
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Task).where(Task.user_id == user["user"]["id"])) == 0
+        assert db.session.scalar(select(func.count()).select_from(UserSession).where(UserSession.user_id == user["user"]["id"])) == 0
+    assert len(client.get("/api/tasks", headers=survivor["headers"]).json) == 1
+
+    again = client.post("/api/auth/signup", json={"email": "gone@example.com", "password": PASSWORD})
+    assert again.status_code == 201
+    assert client.get("/api/tasks", headers=bearer(again.json["access_token"])).json == []
+
+
+def test_delete_account_needs_a_fresh_token(client, make_user):
+    user = make_user()
+    refreshed = client.post("/api/auth/refresh", headers=bearer(user["refresh_token"])).json
+    response = client.delete("/api/auth/me", headers=bearer(refreshed["access_token"]))
+    assert_401(response)
+    assert "fresh" in response.json["message"]
+    assert client.get("/api/auth/me", headers=user["headers"]).status_code == 200
+
+
+# --- every way a token is refused ---
+
+
+def b64(data):
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def claims_of(app, token):
+    with app.app_context():
+        return decode_token(token)
+
+
+@pytest.mark.parametrize(
+    "make_header",
+    [
+        pytest.param(lambda app, user: {}, id="missing"),
+        pytest.param(lambda app, user: {"Authorization": "Bearer"}, id="empty bearer"),
+        pytest.param(lambda app, user: {"Authorization": f"Token {user['access_token']}"}, id="wrong scheme"),
+        pytest.param(lambda app, user: bearer("garbage"), id="garbage"),
+        pytest.param(lambda app, user: bearer("a.b.c"), id="three garbage segments"),
+        pytest.param(
+            lambda app, user: bearer(b64({"alg": "none", "typ": "JWT"}) + "." + b64(claims_of(app, user["access_token"])) + "."),
+            id="alg none",
+        ),
+        pytest.param(
+            lambda app, user: bearer(pyjwt.encode(claims_of(app, user["access_token"]), "another-key-that-is-long-enough-0000", algorithm="HS256")),
+            id="wrong key",
+        ),
+        pytest.param(lambda app, user: bearer(user["access_token"][:-4] + "AAAA"), id="bad signature"),
+        pytest.param(lambda app, user: bearer(user["refresh_token"]), id="refresh as access"),
+    ],
+)
+def test_bad_tokens_are_401_in_the_error_shape(app, client, make_user, make_header):
+    user = make_user()
+    response = client.get("/api/tasks", headers=make_header(app, user))
+    assert_401(response)
+    assert "msg" not in response.json
+
+
+def test_expired_token_is_a_401(app, client, make_user):
+    user = make_user()
+    claims = claims_of(app, user["access_token"])
+    with app.app_context():
+        expired = create_access_token(claims["sub"], additional_claims={"sid": claims["sid"]}, expires_delta=timedelta(seconds=-1))
+    response = client.get("/api/auth/me", headers=bearer(expired))
+    assert_401(response)
+    assert response.json["message"] == "Token has expired."
+
+
+def test_token_of_a_deleted_user_is_a_401(client, make_user):
+    user = make_user()
+    assert client.delete("/api/auth/me", headers=user["headers"]).status_code == 204
+    assert_401(client.get("/api/tasks", headers=user["headers"]))
+
+
+def test_token_identity_is_a_string(app, make_user):
+    user = make_user()
+    claims = claims_of(app, user["access_token"])
+    assert claims["sub"] == str(user["user"]["id"])
+    assert claims["type"] == "access" and claims["fresh"] is True
+    assert claims["exp"] - claims["iat"] == 900
+    refresh = claims_of(app, user["refresh_token"])
+    assert refresh["exp"] - refresh["iat"] == 2_592_000
+
+
+# --- brute-force limits ---
+
+
+@pytest.mark.config(LOGIN_EMAIL_LIMIT="3 per minute")
+def test_failed_logins_are_limited_per_email(make_user, client):
+    make_user(email="target@example.com")
+    make_user(email="bystander@example.com")
+    ok = client.post("/api/auth/login", json={"email": "target@example.com", "password": PASSWORD})
+    assert ok.status_code == 200  # a success does not count
+    for _ in range(3):
+        assert_401(client.post("/api/auth/login", json={"email": "Target@example.com", "password": "wrong password"}))
+
+    limited = client.post("/api/auth/login", json={"email": "target@example.com", "password": PASSWORD})
+    assert limited.status_code == 429
+    assert limited.json["code"] == 429
+    assert limited.json["status"] == "Too Many Requests"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    # Another email from the same address is not locked out.
+    assert client.post("/api/auth/login", json={"email": "bystander@example.com", "password": PASSWORD}).status_code == 200
+
+
+@pytest.mark.config(LOGIN_ADDRESS_LIMIT="4 per minute")
+def test_all_logins_are_limited_per_client_address(make_user, client):
+    make_user(email="a@example.com")
+    for _ in range(4):
+        assert client.post("/api/auth/login", json={"email": "a@example.com", "password": PASSWORD}).status_code == 200
+    limited = client.post("/api/auth/login", json={"email": "a@example.com", "password": PASSWORD})
+    assert limited.status_code == 429
+    assert int(limited.headers["Retry-After"]) >= 1
+    other_address = client.post(
+        "/api/auth/login", json={"email": "a@example.com", "password": PASSWORD}, environ_base={"REMOTE_ADDR": "10.9.8.7"}
+    )
+    assert other_address.status_code == 200
+
+
+@pytest.mark.config(SIGNUP_ADDRESS_LIMIT="2 per hour")
+def test_signups_are_limited_per_client_address(client):
+    for n in range(2):
+        assert client.post("/api/auth/signup", json={"email": f"s{n}@example.com", "password": PASSWORD}).status_code == 201
+    limited = client.post("/api/auth/signup", json={"email": "s9@example.com", "password": PASSWORD})
+    assert limited.status_code == 429
+    assert int(limited.headers["Retry-After"]) > 60
+
+
+@pytest.mark.config(RATELIMIT_ENABLED=False, LOGIN_EMAIL_LIMIT="1 per minute")
+def test_limits_can_be_turned_off(make_user, client):
+    make_user(email="free@example.com")
+    for _ in range(3):
+        assert_401(client.post("/api/auth/login", json={"email": "free@example.com", "password": "wrong password"}))
+
+
+@pytest.mark.config(LOGIN_ADDRESS_LIMIT="2 per minute")
+def test_x_forwarded_for_is_ignored_without_a_trusted_proxy(make_user, client):
+    make_user(email="xff@example.com")
+    for n in range(2):
+        client.post("/api/auth/login", json={"email": "xff@example.com", "password": PASSWORD}, headers={"X-Forwarded-For": f"1.1.1.{n}"})
+    spoofed = client.post("/api/auth/login", json={"email": "xff@example.com", "password": PASSWORD}, headers={"X-Forwarded-For": "2.2.2.2"})
+    assert spoofed.status_code == 429
+
+
+@pytest.mark.config(LOGIN_ADDRESS_LIMIT="2 per minute", TRUSTED_PROXIES=1)
+def test_a_trusted_proxy_supplies_the_client_address(make_user, client):
+    make_user(email="proxy@example.com")
+    for _ in range(2):
+        client.post("/api/auth/login", json={"email": "proxy@example.com", "password": PASSWORD}, headers={"X-Forwarded-For": "1.1.1.1"})
+    assert client.post("/api/auth/login", json={"email": "proxy@example.com", "password": PASSWORD}, headers={"X-Forwarded-For": "1.1.1.1"}).status_code == 429
+    assert client.post("/api/auth/login", json={"email": "proxy@example.com", "password": PASSWORD}, headers={"X-Forwarded-For": "3.3.3.3"}).status_code == 200

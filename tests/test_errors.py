@@ -1,0 +1,91 @@
+"""One error shape for every status, from every layer."""
+
+import json
+
+import pytest
+
+ERROR_KEYS = {"code", "status", "message"}
+
+
+def assert_error(response, code, status):
+    assert response.status_code == code
+    assert response.headers["Content-Type"] == "application/json"
+    body = response.json
+    assert body["code"] == code
+    assert body["status"] == status
+    assert isinstance(body["message"], str) and body["message"]
+    assert set(body) <= ERROR_KEYS | {"errors"}
+    assert ("errors" in body) == (code == 422)
+    return body
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"{", b"{'title': 'x'}", b'{"title": "x",}', b"\xff\xfe\x00garbage", b"[" * 100_000 + b"]" * 100_000, b"NaN-ish"],
+)
+def test_invalid_json_is_a_400(client, auth_headers, data):
+    response = client.post("/api/tasks", data=data, content_type="application/json", headers=auth_headers)
+    assert_error(response, 400, "Bad Request")
+    assert client.get("/api/tasks", headers=auth_headers).json == []
+
+
+@pytest.mark.parametrize("body", [[], ["title"], "title", 42, True, None])
+def test_json_that_is_not_an_object_is_a_422(client, auth_headers, body):
+    response = client.post("/api/tasks", data=json.dumps(body), content_type="application/json", headers=auth_headers)
+    assert_error(response, 422, "Unprocessable Entity")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml"])
+def test_a_body_that_is_not_json_is_a_415(client, auth_headers, content_type):
+    response = client.post("/api/tasks", data='{"title": "x"}', content_type=content_type, headers=auth_headers)
+    assert_error(response, 415, "Unsupported Media Type")
+
+
+def test_json_content_type_with_charset_is_accepted(client, auth_headers):
+    response = client.post("/api/tasks", data='{"title": "x"}', content_type="application/json; charset=utf-8", headers=auth_headers)
+    assert response.status_code == 201
+
+
+def test_a_body_over_the_limit_is_a_413(client, auth_headers):
+    body = json.dumps({"title": "x", "description": "d" * (1024 * 1024)})
+    response = client.post("/api/tasks", data=body, content_type="application/json", headers=auth_headers)
+    assert_error(response, 413, "Request Entity Too Large")
+
+
+@pytest.mark.config(MAX_CONTENT_LENGTH=100)
+def test_the_body_limit_is_configurable(client, make_user):
+    response = client.post("/api/auth/signup", json={"email": "long@example.com", "password": "p" * 100})
+    assert_error(response, 413, "Request Entity Too Large")
+
+
+def test_a_100k_character_title_is_a_422(client, auth_headers):
+    response = client.post("/api/tasks", json={"title": "x" * 100_000}, headers=auth_headers)
+    body = assert_error(response, 422, "Unprocessable Entity")
+    assert "title" in body["errors"]["json"]
+
+
+def test_a_signup_without_a_body_is_a_422(client):
+    body = assert_error(client.post("/api/auth/signup"), 422, "Unprocessable Entity")
+    assert body["errors"]["json"]
+
+
+def test_validation_errors_name_every_bad_field(client, auth_headers):
+    response = client.post("/api/tasks", json={"title": "", "priority": "x", "extra": 1}, headers=auth_headers)
+    body = assert_error(response, 422, "Unprocessable Entity")
+    assert set(body["errors"]["json"]) == {"title", "priority", "extra"}
+
+
+def test_every_status_of_the_table_has_the_one_shape(client, make_user, make_task):
+    user = make_user(email="shape@example.com")
+    task = make_task(headers=user["headers"])
+    other = make_user()
+    assert_error(client.get("/api/tasks"), 401, "Unauthorized")
+    assert_error(client.post("/api/auth/login", json={"email": "shape@example.com", "password": "wrong-password"}), 401, "Unauthorized")
+    assert_error(client.post("/api/auth/password", json={"current_password": "wrong-password", "new_password": "whatever123"}, headers=user["headers"]), 403, "Forbidden")
+    assert_error(client.get(f"/api/{user['user']['id']}/tasks", headers=other["headers"]), 403, "Forbidden")
+    assert_error(client.get(f"/api/tasks/{task['id']}", headers=other["headers"]), 404, "Not Found")
+    assert_error(client.get("/nowhere"), 404, "Not Found")
+    assert_error(client.delete("/api/auth/login"), 405, "Method Not Allowed")
+    assert_error(client.post("/api/auth/signup", json={"email": "shape@example.com", "password": "whatever123"}), 409, "Conflict")
+    assert_error(client.delete(f"/api/tasks/{task['id']}", headers={**user["headers"], "If-Match": '"x"'}), 412, "Precondition Failed")
+    assert_error(client.get("/api/tasks?page=0", headers=user["headers"]), 422, "Unprocessable Entity")

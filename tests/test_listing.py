@@ -1,0 +1,245 @@
+"""Listing: filters, search, sort orders and their ties, pagination with X-Pagination and Link."""
+
+import json
+from datetime import datetime
+
+import pytest
+
+from todo_api import Task, db
+
+
+def ids(response):
+    assert response.status_code == 200, response.json
+    return [task["id"] for task in response.json]
+
+
+def pagination(response):
+    return json.loads(response.headers["X-Pagination"])
+
+
+@pytest.fixture
+def listing(client, auth_headers):
+    def get(query=""):
+        return client.get(f"/api/tasks{query}", headers=auth_headers)
+
+    return get
+
+
+@pytest.fixture
+def catalogue(make_task, client, auth_headers):
+    """Six tasks covering every filter and sort key; returned by name, in creation order."""
+    specs = {
+        "report": dict(title="Write Report", description="quarterly numbers", priority="high", due_date="2026-12-01T09:00:00Z", tags=["work", "Q4"]),
+        "milk": dict(title="buy milk", description="2% fat", priority="low", tags=["home"]),
+        "call": dict(title="Call Mum", description="", priority="medium", due_date="2026-11-25T18:00:00Z", tags=["home", "family"]),
+        "taxes": dict(title="taxes", description="Send the REPORT to the accountant", priority="high", due_date="2026-11-30T00:00:00Z", tags=["money"]),
+        "gym": dict(title="gym_day", description="legs", priority="low", due_date="2026-12-24T00:00:00Z"),
+        "café": dict(title="Café au lait", description="", priority="medium", tags=["home"]),
+    }
+    tasks = {name: make_task(**spec) for name, spec in specs.items()}
+    for name in ("milk", "gym"):
+        tasks[name] = client.patch(f"/api/tasks/{tasks[name]['id']}/complete", headers=auth_headers).json
+    return tasks
+
+
+def pick(catalogue, *names):
+    return [catalogue[name]["id"] for name in names]
+
+
+def test_default_listing_is_newest_first(listing, catalogue):
+    assert ids(listing()) == pick(catalogue, "café", "gym", "taxes", "call", "milk", "report")
+
+
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("completed=true", ["gym", "milk"]),
+        ("completed=false", ["café", "taxes", "call", "report"]),
+        ("priority=high", ["taxes", "report"]),
+        ("priority=low", ["gym", "milk"]),
+        ("tag=home", ["café", "call", "milk"]),
+        ("tag=HOME", ["café", "call", "milk"]),
+        ("tag=q4", ["report"]),
+        ("tag=%20Work%20", ["report"]),
+        ("tag=nothing", []),
+        ("q=report", ["taxes", "report"]),
+        ("q=REPORT", ["taxes", "report"]),
+        ("q=2%25", ["milk"]),  # % is a literal, not a wildcard
+        ("q=_", ["gym"]),  # so is _
+        ("q=CAFÉ", ["café"]),  # case folds beyond ASCII, on SQLite as on PostgreSQL
+        ("q=mum", ["call"]),
+        ("due_before=2026-12-01T09:00:00Z", ["taxes", "call"]),  # exclusive; no due date is excluded
+        ("due_after=2026-12-01T09:00:00Z", ["gym"]),
+        ("due_after=2026-11-25T18:00:00Z&due_before=2026-12-24T00:00:00Z", ["taxes", "report"]),
+        ("due_after=2026-12-01T10:00:00%2B01:00", ["gym"]),  # an offset is honoured
+        ("due_before=2026-11-30T00:00:01", ["taxes", "call"]),  # no offset: UTC
+    ],
+)
+def test_each_filter(listing, catalogue, query, expected):
+    response = listing(f"?{query}")
+    assert ids(response) == pick(catalogue, *expected)
+    assert pagination(response)["total"] == len(expected)
+
+
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("completed=false&priority=high", ["taxes", "report"]),
+        ("completed=false&tag=home", ["café", "call"]),
+        ("tag=home&q=milk", ["milk"]),
+        ("priority=high&q=report&due_before=2026-12-01T00:00:00Z", ["taxes"]),
+        ("completed=true&priority=high", []),
+    ],
+)
+def test_filters_combine(listing, catalogue, query, expected):
+    assert ids(listing(f"?{query}")) == pick(catalogue, *expected)
+
+
+@pytest.mark.parametrize(
+    "sort, expected",
+    [
+        ("created_at", ["report", "milk", "call", "taxes", "gym", "café"]),
+        ("-created_at", ["café", "gym", "taxes", "call", "milk", "report"]),
+        ("due_date", ["call", "taxes", "report", "gym", "milk", "café"]),  # no due date last
+        ("-due_date", ["gym", "report", "taxes", "call", "café", "milk"]),  # last here too; ties by id desc
+        ("priority", ["milk", "gym", "call", "café", "report", "taxes"]),  # low < medium < high; ties by id
+        ("-priority", ["taxes", "report", "café", "call", "gym", "milk"]),
+        ("title", ["milk", "café", "call", "gym", "taxes", "report"]),  # case-insensitive
+        ("-title", ["report", "taxes", "gym", "call", "café", "milk"]),
+    ],
+)
+def test_each_sort_in_both_directions(listing, catalogue, sort, expected):
+    assert ids(listing(f"?sort={sort}")) == pick(catalogue, *expected)
+
+
+def test_sort_by_updated_at(listing, catalogue, client, auth_headers):
+    client.patch(f"/api/tasks/{catalogue['report']['id']}", json={"title": "Write the report"}, headers=auth_headers)
+    # milk and gym were completed after every task was created; report changed last of all.
+    assert ids(listing("?sort=-updated_at")) == pick(catalogue, "report", "gym", "milk", "café", "taxes", "call")
+    assert ids(listing("?sort=updated_at")) == pick(catalogue, "call", "taxes", "café", "milk", "gym", "report")
+
+
+def test_ties_are_broken_by_id_in_the_sort_direction(app, listing, make_task):
+    tasks = [make_task(title="Same", priority="low") for _ in range(4)]
+    with app.app_context():  # the same instant for all, as when they are created within one clock tick
+        db.session.execute(db.update(Task).values(created_at=datetime(2026, 1, 1)))
+        db.session.commit()
+    ascending = [task["id"] for task in tasks]
+    assert ids(listing("?sort=created_at")) == ascending
+    assert ids(listing("?sort=-created_at")) == ascending[::-1]
+    assert ids(listing("?sort=title")) == ascending
+    assert ids(listing("?sort=-title")) == ascending[::-1]
+    assert ids(listing("?sort=due_date")) == ascending
+    assert ids(listing("?sort=-due_date")) == ascending[::-1]
+
+
+def test_filter_sort_and_page_combine(listing, catalogue):
+    first = listing("?tag=home&sort=title&page_size=2")
+    assert ids(first) == pick(catalogue, "milk", "café")
+    assert pagination(first) == {"total": 3, "total_pages": 2, "first_page": 1, "last_page": 2, "page": 1, "next_page": 2}
+    second = listing("?tag=home&sort=title&page_size=2&page=2")
+    assert ids(second) == pick(catalogue, "call")
+    assert pagination(second) == {"total": 3, "total_pages": 2, "first_page": 1, "last_page": 2, "page": 2, "previous_page": 1}
+
+
+def test_pagination_headers(listing, make_task):
+    for n in range(45):
+        make_task(title=f"task {n:02}")
+    response = listing("?page=2&sort=title")
+    assert [task["title"] for task in response.json] == [f"task {n:02}" for n in range(20, 40)]
+    assert pagination(response) == {
+        "total": 45, "total_pages": 3, "first_page": 1, "last_page": 3, "page": 2, "previous_page": 1, "next_page": 3,
+    }  # fmt: skip
+    links = dict(reversed(part.strip().split("; ")) for part in response.headers["Link"].split(","))
+    assert links == {
+        'rel="first"': "</api/tasks?page=1&sort=title>",
+        'rel="prev"': "</api/tasks?page=1&sort=title>",
+        'rel="next"': "</api/tasks?page=3&sort=title>",
+        'rel="last"': "</api/tasks?page=3&sort=title>",
+    }
+    last = listing("?page=3&sort=title")
+    assert len(last.json) == 5
+    assert 'rel="next"' not in last.headers["Link"]
+
+
+def test_default_page_size_is_20_and_at_most_100(listing, make_task):
+    for n in range(25):
+        make_task(title=f"t{n}")
+    assert len(listing().json) == 20
+    assert len(listing("?page_size=100").json) == 25
+
+
+def test_empty_result_and_page_past_the_end(listing, make_task):
+    empty = listing()
+    assert empty.json == []
+    assert pagination(empty) == {"total": 0, "total_pages": 0}
+    assert "Link" not in empty.headers
+    make_task()
+    past = listing("?page=5")
+    assert past.status_code == 200
+    assert past.json == []
+    assert pagination(past)["total"] == 1
+
+
+def test_largest_page_number_is_accepted(listing, make_task):
+    make_task()
+    response = listing("?page=2147483647&page_size=100")
+    assert response.status_code == 200
+    assert response.json == []
+
+
+@pytest.mark.parametrize(
+    "query, name",
+    [
+        ("page=0", "page"),
+        ("page=-1", "page"),
+        ("page=2147483648", "page"),
+        ("page=" + "9" * 30, "page"),
+        ("page=1.5", "page"),
+        ("page=abc", "page"),
+        ("page_size=0", "page_size"),
+        ("page_size=101", "page_size"),
+        ("page_size=1000000", "page_size"),
+        ("completed=yes", "completed"),
+        ("completed=1", "completed"),
+        ("completed=TRUE", "completed"),
+        ("priority=urgent", "priority"),
+        ("sort=name", "sort"),
+        ("sort=--title", "sort"),
+        ("sort=priority,title", "sort"),
+        ("due_before=soon", "due_before"),
+        ("due_after=2026-02-30T00:00:00Z", "due_after"),
+        ("tag=", "tag"),
+        ("tag=" + "x" * 51, "tag"),
+        ("q=", "q"),
+        ("q=nul%00byte", "q"),
+        ("colour=red", "colour"),
+        ("page=1&page=2", "page"),
+        ("tag=a&tag=b", "tag"),
+    ],
+)
+def test_bad_query_parameters_are_a_422_naming_them(listing, query, name):
+    response = listing(f"?{query}")
+    assert response.status_code == 422
+    assert response.json["message"] == "Validation failed."
+    assert name in response.json["errors"]["query"]
+
+
+def test_listing_loads_tags_without_a_query_per_task(app, listing, make_task):
+    for n in range(5):
+        make_task(title=f"t{n}", tags=[f"a{n}", "b"])
+    statements = []
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    with app.app_context():
+        db.event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            response = listing("?tag=b&page_size=2")
+        finally:
+            db.event.remove(db.engine, "before_cursor_execute", record)
+    assert [task["tags"] for task in response.json] == [["a4", "b"], ["a3", "b"]]
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    # the caller's session and user, the page, and the count
+    assert len(selects) == 3, selects

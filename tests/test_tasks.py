@@ -1,0 +1,320 @@
+"""Tasks: create, read, replace, change, toggle, delete; validation tables; conditional requests."""
+
+from datetime import datetime
+
+import pytest
+
+TASK_KEYS = {"id", "title", "description", "completed", "completed_at", "priority", "due_date", "tags", "created_at", "updated_at"}
+
+
+def parse_time(value):
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+# --- create and read ---
+
+
+def test_create_applies_defaults(client, auth_headers):
+    response = client.post("/api/tasks", json={"title": "Buy milk"}, headers=auth_headers)
+    assert response.status_code == 201
+    task = response.json
+    assert response.headers["Location"] == f"/api/tasks/{task['id']}"
+    assert response.headers["ETag"]
+    assert set(task) == TASK_KEYS
+    assert task | {"id": 0, "created_at": "", "updated_at": ""} == {
+        "id": 0, "title": "Buy milk", "description": "", "completed": False, "completed_at": None,
+        "priority": "medium", "due_date": None, "tags": [], "created_at": "", "updated_at": "",
+    }  # fmt: skip
+    assert task["created_at"] == task["updated_at"]
+    assert parse_time(task["created_at"]).utcoffset().total_seconds() == 0
+
+    fetched = client.get(response.headers["Location"], headers=auth_headers)
+    assert fetched.status_code == 200
+    assert fetched.json == task
+    assert fetched.headers["ETag"] == response.headers["ETag"]
+
+
+def test_create_with_every_field(client, auth_headers):
+    body = {
+        "title": "  Write report  ",
+        "description": "Quarterly numbers",
+        "completed": True,
+        "priority": "high",
+        "due_date": "2026-12-01T09:30:00+02:00",
+        "tags": [" Work ", "work", "URGENT", "q4"],
+    }
+    response = client.post("/api/tasks", json=body, headers=auth_headers)
+    assert response.status_code == 201
+    task = response.json
+    assert task["title"] == "Write report"
+    assert task["description"] == "Quarterly numbers"
+    assert task["completed"] is True
+    assert task["completed_at"] is not None
+    assert task["priority"] == "high"
+    assert task["due_date"] == "2026-12-01T07:30:00+00:00"
+    assert task["tags"] == ["q4", "urgent", "work"]
+
+
+@pytest.mark.parametrize(
+    "given, stored",
+    [
+        ("2026-11-21T10:15:00Z", "2026-11-21T10:15:00+00:00"),
+        ("2026-11-21T10:15:00", "2026-11-21T10:15:00+00:00"),  # no offset: UTC
+        ("2026-11-21T10:15:00-05:00", "2026-11-21T15:15:00+00:00"),
+        ("2026-11-21T10:15:00.123456+00:00", "2026-11-21T10:15:00.123456+00:00"),
+        (None, None),
+    ],
+)
+def test_due_dates_are_stored_in_utc(make_task, given, stored):
+    assert make_task(due_date=given)["due_date"] == stored
+
+
+def test_null_description_is_taken_as_empty(make_task):
+    assert make_task(description=None)["description"] == ""
+
+
+# --- validation ---
+
+INVALID_TASKS = [
+    ({}, "title"),
+    ({"title": ""}, "title"),
+    ({"title": "   "}, "title"),
+    ({"title": "x" * 201}, "title"),
+    ({"title": None}, "title"),
+    ({"title": 5}, "title"),
+    ({"title": "nul \u0000 byte"}, "title"),
+    ({"title": "lone \ud800 surrogate"}, "title"),
+    ({"title": "t", "description": "d" * 2001}, "description"),
+    ({"title": "t", "description": 7}, "description"),
+    ({"title": "t", "completed": 1}, "completed"),
+    ({"title": "t", "completed": 0}, "completed"),
+    ({"title": "t", "completed": "yes"}, "completed"),
+    ({"title": "t", "completed": "true"}, "completed"),
+    ({"title": "t", "completed": None}, "completed"),
+    ({"title": "t", "priority": "urgent"}, "priority"),
+    ({"title": "t", "priority": "HIGH"}, "priority"),
+    ({"title": "t", "priority": None}, "priority"),
+    ({"title": "t", "due_date": "tomorrow"}, "due_date"),
+    ({"title": "t", "due_date": 1700000000}, "due_date"),
+    ({"title": "t", "due_date": "2026-13-01T00:00:00Z"}, "due_date"),
+    ({"title": "t", "due_date": "0001-01-01T00:00:00+01:00"}, "due_date"),
+    ({"title": "t", "due_date": "9999-12-31T23:59:59-01:00"}, "due_date"),
+    ({"title": "t", "tags": "work"}, "tags"),
+    ({"title": "t", "tags": [""]}, "tags"),
+    ({"title": "t", "tags": ["  "]}, "tags"),
+    ({"title": "t", "tags": ["x" * 51]}, "tags"),
+    ({"title": "t", "tags": [1]}, "tags"),
+    ({"title": "t", "tags": None}, "tags"),
+    ({"title": "t", "tags": [f"tag{n}" for n in range(21)]}, "tags"),
+    ({"title": "t", "id": 5}, "id"),
+    ({"title": "t", "user_id": 2}, "user_id"),
+    ({"title": "t", "created_at": "2020-01-01T00:00:00Z"}, "created_at"),
+    ({"title": "t", "updated_at": "2020-01-01T00:00:00Z"}, "updated_at"),
+    ({"title": "t", "completed_at": "2020-01-01T00:00:00Z"}, "completed_at"),
+    ({"title": "t", "colour": "red"}, "colour"),
+]
+
+
+@pytest.mark.parametrize("body, field", INVALID_TASKS)
+def test_create_validation(client, auth_headers, body, field):
+    response = client.post("/api/tasks", json=body, headers=auth_headers)
+    assert response.status_code == 422
+    assert response.json["code"] == 422
+    assert response.json["message"] == "Validation failed."
+    assert field in response.json["errors"]["json"]
+    assert client.get("/api/tasks", headers=auth_headers).json == []  # nothing written
+
+
+@pytest.mark.parametrize("body, field", [case for case in INVALID_TASKS if case[1] != "title" or case[0]])
+def test_put_validation(client, auth_headers, make_task, body, field):
+    task = make_task(title="unchanged")
+    response = client.put(f"/api/tasks/{task['id']}", json=body, headers=auth_headers)
+    assert response.status_code == 422
+    assert field in response.json["errors"]["json"]
+    assert client.get(f"/api/tasks/{task['id']}", headers=auth_headers).json == task
+
+
+@pytest.mark.parametrize("body, field", [(body, field) for body, field in INVALID_TASKS if body and field != "title"] + [({"title": ""}, "title"), ({"title": None}, "title")])
+def test_patch_validation(client, auth_headers, make_task, body, field):
+    task = make_task(title="unchanged")
+    body = {key: value for key, value in body.items() if key != "title" or field == "title"}
+    response = client.patch(f"/api/tasks/{task['id']}", json=body, headers=auth_headers)
+    assert response.status_code == 422
+    assert field in response.json["errors"]["json"]
+    assert client.get(f"/api/tasks/{task['id']}", headers=auth_headers).json == task
+
+
+def test_boundaries_are_accepted(make_task):
+    task = make_task(title="x" * 200, description="d" * 2000, tags=[f"t{n:02}" + "y" * 46 for n in range(20)] + ["T00" + "Y" * 46])
+    assert len(task["title"]) == 200
+    assert len(task["tags"]) == 20
+
+
+@pytest.mark.parametrize("method", ["put", "patch"])
+def test_put_and_patch_without_a_body_are_a_422(client, auth_headers, make_task, method):
+    task = make_task()
+    response = getattr(client, method)(f"/api/tasks/{task['id']}", headers=auth_headers)
+    assert response.status_code == 422
+    assert response.json["errors"]["json"]
+
+
+# --- replace and change ---
+
+
+def test_put_replaces_every_writable_field(client, auth_headers, make_task):
+    task = make_task(title="old", description="d", completed=True, priority="high", due_date="2030-01-01T00:00:00Z", tags=["a"])
+    response = client.put(f"/api/tasks/{task['id']}", json={"title": "new"}, headers=auth_headers)
+    assert response.status_code == 200
+    replaced = response.json
+    assert replaced | {"updated_at": ""} == {
+        **task, "title": "new", "description": "", "completed": False, "completed_at": None,
+        "priority": "medium", "due_date": None, "tags": [], "updated_at": "",
+    }  # fmt: skip
+    assert parse_time(replaced["updated_at"]) > parse_time(task["updated_at"])
+    assert client.get(f"/api/tasks/{task['id']}", headers=auth_headers).json == replaced
+
+
+def test_patch_changes_only_the_fields_sent(client, auth_headers, make_task):
+    task = make_task(title="keep", description="d", priority="low", tags=["a", "b"])
+    response = client.patch(f"/api/tasks/{task['id']}", json={"priority": "high", "tags": ["C"]}, headers=auth_headers)
+    assert response.status_code == 200
+    assert response.json | {"updated_at": ""} == {**task, "priority": "high", "tags": ["c"], "updated_at": ""}
+    assert parse_time(response.json["updated_at"]) > parse_time(task["updated_at"])
+
+
+def test_empty_patch_changes_nothing(client, auth_headers, make_task):
+    task = make_task()
+    response = client.patch(f"/api/tasks/{task['id']}", json={}, headers=auth_headers)
+    assert response.status_code == 200
+    assert response.json == task
+
+
+def test_patch_to_the_same_values_does_not_move_updated_at(client, auth_headers, make_task):
+    task = make_task(title="same", tags=["a"])
+    response = client.patch(f"/api/tasks/{task['id']}", json={"title": " same ", "tags": ["A"]}, headers=auth_headers)
+    assert response.status_code == 200
+    assert response.json == task
+
+
+def test_patch_can_clear_the_due_date_and_the_description(client, auth_headers, make_task):
+    task = make_task(description="words", due_date="2030-01-01T00:00:00Z")
+    response = client.patch(f"/api/tasks/{task['id']}", json={"due_date": None, "description": None}, headers=auth_headers)
+    assert response.status_code == 200
+    assert response.json["due_date"] is None
+    assert response.json["description"] == ""
+
+
+def test_completing_sets_and_reopening_clears_completed_at(client, auth_headers, make_task):
+    task = make_task()
+    done = client.patch(f"/api/tasks/{task['id']}", json={"completed": True}, headers=auth_headers).json
+    assert done["completed"] is True
+    assert parse_time(done["completed_at"]) >= parse_time(task["created_at"])
+    again = client.patch(f"/api/tasks/{task['id']}", json={"completed": True}, headers=auth_headers).json
+    assert again["completed_at"] == done["completed_at"]  # staying completed keeps the time
+    reopened = client.put(f"/api/tasks/{task['id']}", json={"title": "A task"}, headers=auth_headers).json
+    assert reopened["completed"] is False
+    assert reopened["completed_at"] is None
+
+
+def test_complete_toggles(client, auth_headers, make_task):
+    task = make_task()
+    first = client.patch(f"/api/tasks/{task['id']}/complete", headers=auth_headers)
+    assert first.status_code == 200
+    assert first.json["completed"] is True
+    assert first.json["completed_at"] is not None
+    assert parse_time(first.json["updated_at"]) > parse_time(task["updated_at"])
+    assert first.headers["ETag"]
+    second = client.patch(f"/api/tasks/{task['id']}/complete", headers=auth_headers)
+    assert second.status_code == 200
+    assert second.json["completed"] is False
+    assert second.json["completed_at"] is None
+
+
+def test_delete(client, auth_headers, make_task):
+    task = make_task()
+    response = client.delete(f"/api/tasks/{task['id']}", headers=auth_headers)
+    assert response.status_code == 204
+    assert response.data == b""
+    assert client.get(f"/api/tasks/{task['id']}", headers=auth_headers).status_code == 404
+    assert client.delete(f"/api/tasks/{task['id']}", headers=auth_headers).status_code == 404
+
+
+def test_ids_of_deleted_tasks_are_not_reused(client, auth_headers, make_task):
+    task = make_task()
+    client.delete(f"/api/tasks/{task['id']}", headers=auth_headers)
+    assert make_task()["id"] > task["id"]
+
+
+@pytest.mark.parametrize("path", ["/api/tasks/0", "/api/tasks/999999", "/api/tasks/9223372036854775807", "/api/tasks/9223372036854775808", "/api/tasks/" + "9" * 40])
+@pytest.mark.parametrize("method", ["get", "put", "patch", "delete"])
+def test_missing_and_huge_ids_are_a_404(client, auth_headers, path, method):
+    response = getattr(client, method)(path, json={"title": "x"}, headers=auth_headers)
+    assert response.status_code == 404
+    assert response.json["code"] == 404
+    assert client.patch(path + "/complete", headers=auth_headers).status_code == 404
+
+
+# --- conditional requests ---
+
+
+def test_get_with_a_matching_if_none_match_is_a_304(client, auth_headers, make_task):
+    task = make_task()
+    etag = client.get(f"/api/tasks/{task['id']}", headers=auth_headers).headers["ETag"]
+    response = client.get(f"/api/tasks/{task['id']}", headers={**auth_headers, "If-None-Match": etag})
+    assert response.status_code == 304
+    assert response.data == b""
+    assert client.get(f"/api/tasks/{task['id']}", headers={**auth_headers, "If-None-Match": '"other"'}).status_code == 200
+
+
+def test_etag_changes_with_the_task(client, auth_headers, make_task):
+    task = make_task()
+    before = client.get(f"/api/tasks/{task['id']}", headers=auth_headers).headers["ETag"]
+    changed = client.patch(f"/api/tasks/{task['id']}", json={"title": "changed"}, headers=auth_headers)
+    assert changed.headers["ETag"] != before
+    assert client.get(f"/api/tasks/{task['id']}", headers={**auth_headers, "If-None-Match": before}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("put", "/api/tasks/{id}", {"title": "new"}),
+        ("patch", "/api/tasks/{id}", {"title": "new"}),
+        ("patch", "/api/tasks/{id}/complete", None),
+        ("delete", "/api/tasks/{id}", None),
+    ],
+)
+def test_if_match_guards_every_write(client, auth_headers, make_task, method, path, body):
+    task = make_task(title="original")
+    url = path.format(id=task["id"])
+    etag = client.get(f"/api/tasks/{task['id']}", headers=auth_headers).headers["ETag"]
+
+    stale = getattr(client, method)(url, json=body, headers={**auth_headers, "If-Match": '"stale"'})
+    assert stale.status_code == 412
+    assert stale.json["code"] == 412
+    assert stale.json["status"] == "Precondition Failed"
+    assert client.get(f"/api/tasks/{task['id']}", headers=auth_headers).json == task  # nothing written
+
+    fresh = getattr(client, method)(url, json=body, headers={**auth_headers, "If-Match": etag})
+    assert fresh.status_code in (200, 204)
+    # The old ETag is stale now.
+    again = getattr(client, method)(url, json=body, headers={**auth_headers, "If-Match": etag})
+    assert again.status_code in (412, 404)
+
+
+def test_writes_without_if_match_still_work(client, auth_headers, make_task):
+    task = make_task()
+    assert client.put(f"/api/tasks/{task['id']}", json={"title": "a"}, headers=auth_headers).status_code == 200
+    assert client.patch(f"/api/tasks/{task['id']}", json={"title": "b"}, headers=auth_headers).status_code == 200
+    assert client.delete(f"/api/tasks/{task['id']}", headers=auth_headers).status_code == 204
+
+
+def test_if_match_star_matches_any_etag(client, auth_headers, make_task):
+    task = make_task()
+    response = client.patch(f"/api/tasks/{task['id']}", json={"title": "b"}, headers={**auth_headers, "If-Match": "*"})
+    assert response.status_code == 200
+
+
+def test_put_response_etag_is_the_new_one(client, auth_headers, make_task):
+    task = make_task()
+    put = client.put(f"/api/tasks/{task['id']}", json={"title": "b"}, headers=auth_headers)
+    assert put.headers["ETag"] == client.get(f"/api/tasks/{task['id']}", headers=auth_headers).headers["ETag"]

@@ -1,0 +1,1117 @@
+"""todo-api: a multi-user Todo REST API in one module.
+
+People sign up, log in with JWTs and manage their own tasks. Read top to bottom: config,
+extensions, models, schemas, errors, auth helpers, the auth and tasks blueprints, service
+routes, CLI, and ``create_app()`` wiring it all. The API is described in README.md, served as
+OpenAPI at /openapi.json and browsable at /docs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import time
+from datetime import datetime, timedelta, timezone
+from functools import wraps
+from http import HTTPStatus
+from pathlib import Path
+
+import click
+import flask_smorest
+import marshmallow as ma
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from flask import Flask, current_app, jsonify, request, send_from_directory, url_for
+from flask.cli import with_appcontext
+from flask.views import MethodView
+from flask_jwt_extended import (
+    JWTManager,
+    create_access_token,
+    create_refresh_token,
+    current_user,
+    get_jwt,
+    jwt_required,
+)
+from flask_cors import CORS
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_smorest import abort
+from flask_sqlalchemy import SQLAlchemy
+from marshmallow import fields, validate
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    delete,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
+from sqlalchemy.orm.exc import StaleDataError
+from swagger_ui_bundle import swagger_ui_path
+from webargs.flaskparser import FlaskParser
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+# --- Config ---
+
+
+class Config:
+    """Defaults; the environment overrides them (README: Configuration)."""
+
+    # A relative SQLite path is resolved inside the instance folder by Flask-SQLAlchemy.
+    SQLALCHEMY_DATABASE_URI = "sqlite:///todo.db"
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    CREATE_TABLES = True
+
+    JWT_SECRET_KEY = None  # generated once into the instance folder when not configured
+    JWT_TOKEN_LOCATION = ["headers"]
+    JWT_COOKIE_CSRF_PROTECT = False  # no cookies, so no CSRF claim in the tokens
+    JWT_ACCESS_TOKEN_EXPIRES = 900
+    JWT_REFRESH_TOKEN_EXPIRES = 2_592_000
+    MAX_CONTENT_LENGTH = 1024 * 1024
+
+    CORS_ORIGINS = ""
+    TRUSTED_PROXIES = 0  # how many reverse proxies in front may set X-Forwarded-*
+
+    RATELIMIT_ENABLED = True
+    RATELIMIT_STORAGE_URI = "memory://"
+    LOGIN_EMAIL_LIMIT = "10 per minute"  # failed logins for one email
+    LOGIN_ADDRESS_LIMIT = "60 per minute"  # all logins from one client address
+    SIGNUP_ADDRESS_LIMIT = "20 per hour"
+
+    API_TITLE = "Todo API"
+    API_VERSION = "1.0.0"
+    OPENAPI_VERSION = "3.0.3"
+    OPENAPI_URL_PREFIX = "/"
+    OPENAPI_JSON_PATH = "openapi.json"
+    OPENAPI_SWAGGER_UI_PATH = "/docs"
+    OPENAPI_SWAGGER_UI_URL = "/docs/assets/"  # bundled copy: /docs works offline
+    OPENAPI_SWAGGER_UI_CONFIG = {"persistAuthorization": True}
+    API_SPEC_OPTIONS = {
+        "info": {"description": "A multi-user Todo API. Log in, then Authorize with the access token."},
+        "security": [{"bearerAuth": []}],
+    }
+
+
+ENV_SETTINGS = {  # environment variable -> how to read it
+    "JWT_SECRET_KEY": str,
+    "JWT_ACCESS_TOKEN_EXPIRES": int,
+    "JWT_REFRESH_TOKEN_EXPIRES": int,
+    "MAX_CONTENT_LENGTH": int,
+    "CORS_ORIGINS": str,
+    "TRUSTED_PROXIES": int,
+    "RATELIMIT_STORAGE_URI": str,
+    "RATELIMIT_ENABLED": lambda value: value.strip().lower() not in {"0", "false", "no", "off"},
+}
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot run a safe service; raised at start."""
+
+
+def database_uri(url):
+    """Accept DATABASE_URL as hosting providers hand it out, on psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def load_jwt_secret(app):
+    """Check a configured key, or share one generated key between all workers of this host."""
+    key = app.config.get("JWT_SECRET_KEY")
+    if key:
+        if len(key.encode()) < 32:
+            raise ConfigError("JWT_SECRET_KEY must be at least 32 bytes long; use e.g. `openssl rand -hex 32`.")
+        return key
+    path = Path(app.instance_path) / "jwt-secret.key"
+    if not path.exists():
+        # Write aside, then link into place: concurrent workers never see a half-written key.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
+# --- Extensions ---
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# expire_on_commit=False: a committed object is serialised without being read back.
+db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
+jwt = JWTManager()
+limiter = Limiter(get_remote_address)
+password_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)  # OWASP argon2id
+DUMMY_HASH = password_hasher.hash(secrets.token_hex(16))  # verified for unknown emails: same cost
+
+
+@event.listens_for(Engine, "connect")
+def configure_sqlite(dbapi_connection, _record):
+    """SQLite: cascades need foreign_keys per connection; WAL and a busy timeout serve several workers."""
+    if type(dbapi_connection).__module__ != "sqlite3":
+        return
+    cursor = dbapi_connection.cursor()
+    for pragma in ("foreign_keys=ON", "journal_mode=WAL", "busy_timeout=5000", "synchronous=NORMAL"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+# --- Models ---
+
+# Ids are 64-bit on PostgreSQL; SQLite's INTEGER PRIMARY KEY already is.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+MAX_ID = 2**63 - 1
+PRIORITIES = ("low", "medium", "high")  # stored as their index, so they sort low < medium < high
+
+
+def utcnow():
+    """Now in UTC, naive: every stored time is naive UTC."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class User(db.Model):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    def set_password(self, password):
+        self.password_hash = password_hasher.hash(password)
+
+    def verify_password(self, password):
+        try:
+            password_hasher.verify(self.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+        if password_hasher.check_needs_rehash(self.password_hash):
+            self.set_password(password)
+        return True
+
+
+class UserSession(db.Model):
+    """One login: its access tokens and its current refresh token live while this row does."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    refresh_jti: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Task(db.Model):
+    __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_user_created", "user_id", "created_at", "id"),
+        {"sqlite_autoincrement": True},  # never reuse a deleted task's id
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    completed: Mapped[bool] = mapped_column(Boolean, default=False)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    priority_rank: Mapped[int] = mapped_column("priority", SmallInteger, default=1)
+    due_date: Mapped[datetime | None] = mapped_column(DateTime)
+    tag_list: Mapped[list] = mapped_column("tags", JSON, default=list)  # sorted, for reading
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    version: Mapped[int] = mapped_column(Integer)
+    # Lower-cased in Python so that sorting and search agree on SQLite and PostgreSQL.
+    title_key: Mapped[str] = mapped_column(String(200).with_variant(String(200, collation="C"), "postgresql"))
+    search_key: Mapped[str] = mapped_column(Text)
+
+    # One row per tag, for filtering by tag in SQL.
+    tag_rows: Mapped[list[TaskTag]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
+
+    # Every UPDATE checks the version it read: concurrent writers cannot both win.
+    __mapper_args__ = {"version_id_col": version}
+
+    @property
+    def priority(self):
+        return PRIORITIES[self.priority_rank]
+
+    @priority.setter
+    def priority(self, value):
+        self.priority_rank = PRIORITIES.index(value)
+
+    @property
+    def tags(self):
+        return self.tag_list
+
+    @tags.setter
+    def tags(self, tags):
+        kept = [row for row in self.tag_rows if row.tag in tags]
+        present = {row.tag for row in kept}
+        self.tag_rows = kept + [TaskTag(tag=tag) for tag in tags if tag not in present]
+        self.tag_list = tags
+
+    @validates("title", "description")
+    def _keep_search_keys(self, key, value):
+        title = value if key == "title" else self.title or ""
+        description = value if key == "description" else self.description or ""
+        self.title_key = title.lower()
+        self.search_key = f"{title}\x1f{description}".lower()
+        return value
+
+    @validates("completed")
+    def _keep_completed_at(self, _key, value):
+        if value and not self.completed:
+            self.completed_at = utcnow()
+        elif not value:
+            self.completed_at = None
+        return value
+
+    def apply(self, changes):
+        """Set the given fields; return whether anything changed (and so moved updated_at)."""
+        changed = False
+        for name, value in changes.items():
+            if getattr(self, name) != value:
+                setattr(self, name, value)
+                changed = True
+        if changed:
+            self.updated_at = utcnow()
+        return changed
+
+
+class TaskTag(db.Model):
+    __tablename__ = "task_tags"
+
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(50), primary_key=True)
+
+
+# --- Schemas ---
+
+
+class StoredString(fields.String):
+    """A string both databases can store (no NUL, no lone surrogate), trimmed when asked."""
+
+    def __init__(self, *, strip=False, **kwargs):
+        super().__init__(**kwargs)
+        self.strip = strip
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in value:
+            raise ma.ValidationError("Must not contain NUL characters.")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ma.ValidationError("Must be valid Unicode text.") from None
+        return value.strip() if self.strip else value
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only: 0, 1 and "yes" are not booleans."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class UTCDateTime(fields.DateTime):
+    """ISO 8601; input without an offset is UTC; output always carries +00:00."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else value.replace(tzinfo=timezone.utc).isoformat()
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            value = value.astimezone(timezone.utc) if value.tzinfo else value
+        except OverflowError:
+            raise ma.ValidationError("Date is out of range.") from None
+        return value.replace(tzinfo=None)
+
+
+class Email(fields.Email):
+    """Stored and compared lower-cased."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return super()._deserialize(value, attr, data, **kwargs).strip().lower()
+
+
+class TagList(fields.List):
+    """Tags trimmed, lower-cased, de-duplicated and sorted; at most 20 after that."""
+
+    def __init__(self, **kwargs):
+        tag = StoredString(strip=True, validate=validate.Length(1, 50))
+        super().__init__(tag, metadata={"maxItems": 20, "description": "At most 20 distinct tags."}, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        tags = sorted({tag.lower() for tag in super()._deserialize(value, attr, data, **kwargs)})
+        if len(tags) > 20:
+            raise ma.ValidationError("At most 20 distinct tags.")
+        return tags
+
+
+class StrictSchema(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+
+Password = StoredString(required=True, validate=validate.Length(8, 128), load_only=True)
+UserName = StoredString(validate=validate.Length(max=100))
+
+
+class SignupSchema(StrictSchema):
+    email = Email(required=True, validate=validate.Length(max=254))
+    password = Password
+    name = UserName
+
+
+class LoginSchema(StrictSchema):
+    email = Email(required=True, validate=validate.Length(max=254))
+    password = StoredString(required=True, load_only=True, validate=validate.Length(max=128))
+
+
+class ProfileSchema(StrictSchema):
+    name = StoredString(required=True, validate=validate.Length(max=100))
+
+
+class PasswordChangeSchema(StrictSchema):
+    current_password = StoredString(required=True, load_only=True, validate=validate.Length(max=128))
+    new_password = Password
+
+
+class TaskInSchema(StrictSchema):
+    """TaskIn: every writable field. Loaded whole for POST and PUT, partially for PATCH."""
+
+    title = StoredString(required=True, strip=True, validate=validate.Length(1, 200))
+    description = StoredString(
+        allow_none=True, load_default="", validate=validate.Length(max=2000), metadata={"description": "null is taken as \"\""}
+    )
+    completed = StrictBoolean(load_default=False)
+    priority = fields.String(load_default="medium", validate=validate.OneOf(PRIORITIES))
+    due_date = UTCDateTime(allow_none=True, load_default=None)
+    tags = TagList(load_default=list)
+
+    @ma.post_load
+    def null_description_is_empty(self, data, **_kwargs):
+        if "description" in data and data["description"] is None:
+            data["description"] = ""
+        return data
+
+
+class TaskPatchSchema(TaskInSchema):
+    """Any subset of TaskIn: only the fields sent change."""
+
+    def __init__(self, **kwargs):
+        super().__init__(partial=True, **kwargs)
+
+
+SORT_KEYS = ("created_at", "updated_at", "due_date", "priority", "title")
+
+
+class TaskQueryArgsSchema(StrictSchema):
+    page = fields.Integer(load_default=1, validate=validate.Range(1, 2_147_483_647))
+    page_size = fields.Integer(load_default=20, validate=validate.Range(1, 100))
+    completed = fields.Boolean(truthy={"true"}, falsy={"false"})
+    priority = fields.String(validate=validate.OneOf(PRIORITIES))
+    tag = StoredString(strip=True, validate=validate.Length(1, 50))
+    q = StoredString(validate=validate.Length(1, 200))
+    due_before = UTCDateTime()
+    due_after = UTCDateTime()
+    sort = fields.String(
+        load_default="-created_at", validate=validate.OneOf([*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)])
+    )
+
+
+class UserSchema(ma.Schema):
+    id = fields.Integer()
+    email = fields.String()
+    name = fields.String()
+    created_at = UTCDateTime()
+
+
+class TokenPairSchema(ma.Schema):
+    access_token = fields.String()
+    refresh_token = fields.String()
+    token_type = fields.String(metadata={"enum": ["Bearer"]})
+    expires_in = fields.Integer(metadata={"description": "Lifetime of the access token in seconds."})
+    user = fields.Nested(UserSchema)
+
+
+class TaskSchema(ma.Schema):
+    id = fields.Integer()
+    title = fields.String()
+    description = fields.String()
+    completed = fields.Boolean()
+    completed_at = UTCDateTime(allow_none=True)
+    priority = fields.String(metadata={"enum": list(PRIORITIES)})
+    due_date = UTCDateTime(allow_none=True)
+    tags = fields.List(fields.String())
+    created_at = UTCDateTime()
+    updated_at = UTCDateTime()
+
+
+class HealthSchema(ma.Schema):
+    status = fields.String()
+    database = fields.String()
+
+
+class ErrorSchema(ma.Schema):
+    """The one error shape of every layer."""
+
+    code = fields.Integer(required=True, metadata={"description": "HTTP status code"})
+    status = fields.String(required=True, metadata={"description": "HTTP reason phrase"})
+    message = fields.String(required=True, metadata={"description": "For humans"})
+    errors = fields.Dict(metadata={"description": "422 only: location -> field -> messages"})
+
+
+# --- Errors ---
+
+MESSAGES = {
+    400: "Request body is not valid JSON.",
+    404: "Resource not found.",
+    412: "The task has changed: If-Match does not match its current ETag.",
+    405: "Method not allowed on this route.",
+    413: "Request body is too large.",
+    415: "Request body must be JSON (Content-Type: application/json).",
+    422: "Validation failed.",
+    500: "Internal server error.",
+    503: "The database is unavailable; try again shortly.",
+}
+
+
+def error_body(code, message, **extra):
+    return {"code": code, "status": HTTPStatus(code).phrase, "message": message, **extra}
+
+
+class Api(flask_smorest.Api):
+    """flask-smorest's Api, every error in the contract's one shape."""
+
+    ERROR_SCHEMA = ErrorSchema
+
+    def handle_http_exception(self, error):
+        data = getattr(error, "data", None) or {}
+        message = data.get("message") or MESSAGES.get(error.code) or error.description
+        payload = error_body(error.code, message)
+        if errors := data.get("errors") or data.get("messages"):
+            payload["errors"] = errors
+        # werkzeug's own headers (Allow on a 405), then those passed to abort().
+        headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
+        headers.update(data.get("headers") or {})
+        if error.code == 429:
+            payload["message"] = f"Too many requests ({error.description}); retry later."
+            headers["Retry-After"] = str(retry_after_seconds())
+        return payload, error.code, headers
+
+    def _register_etag_headers(self):
+        # As flask-smorest's, but If-Match is honoured when sent, never required.
+        self.spec.components.parameter("IF_NONE_MATCH", "header", flask_smorest.etag.IF_NONE_MATCH_HEADER)
+        self.spec.components.parameter("IF_MATCH", "header", {**flask_smorest.etag.IF_MATCH_HEADER, "required": False})
+        self.spec.components.header("ETAG", flask_smorest.etag.ETAG_HEADER)
+
+
+def retry_after_seconds():
+    """Seconds until the breached limit's window resets, within 1 and the window's length."""
+    limit = limiter.current_limit
+    if limit is None:
+        return 60
+    return min(limit.limit.get_expiry(), max(1, math.ceil(limit.reset_at - time.time())))
+
+
+class Parser(FlaskParser):
+    """webargs' parser held to the contract: JSON bodies only; unknown or repeated query keys are errors."""
+
+    # Query schemas say RAISE for unknown keys; let that stand (webargs excludes them by default).
+    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": None, "querystring": None}
+
+    def load_json(self, req, schema):
+        body = req.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+        if not body:
+            raise ma.ValidationError({"_schema": ["A JSON request body is required."]})
+        if not req.is_json:
+            abort(415)
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            abort(400)
+
+    def load_querystring(self, req, schema):
+        repeated = sorted(key for key, values in req.args.lists() if len(values) > 1)
+        if repeated:
+            raise ma.ValidationError({key: ["Given more than once."] for key in repeated})
+        return super().load_querystring(req, schema)
+
+
+class Blueprint(flask_smorest.Blueprint):
+    """flask-smorest's Blueprint with the contract's parser and optional If-Match."""
+
+    ARGUMENTS_PARSER = Parser()
+
+    def _check_precondition(self):
+        """If-Match is optional: no 428 when it is missing."""
+
+    def _verify_check_etag(self):
+        """check_etag runs only when If-Match was sent; nothing to warn about."""
+
+    def check_if_match(self, task):
+        """412 unless the task still has the ETag the client sent, if it sent one."""
+        if request.if_match:
+            self.check_etag(etag_data(task))
+
+    def errors(self, *codes):
+        """Document error responses (in the one error shape) an operation can give."""
+
+        def decorator(func):
+            for code in codes:
+                func = self.alt_response(code, response=HTTPStatus(code).name)(func)
+            return func
+
+        return decorator
+
+
+def etag_data(task):
+    return {"id": task.id, "version": task.version}
+
+
+def document_responses(codes):
+    """A flask-smorest doc callback adding error responses to every operation of a blueprint."""
+
+    def callback(doc, _doc_info, **_kwargs):
+        for code in codes:
+            doc.setdefault("responses", {}).setdefault(code, HTTPStatus(code).name)
+        return doc
+
+    return callback
+
+
+def register_error_handlers(app):
+    @app.errorhandler(OperationalError)
+    def database_unavailable(error):
+        current_app.logger.error("database error: %s", error.orig.__class__.__name__)
+        db.session.rollback()
+        return error_body(503, MESSAGES[503]), 503
+
+    @app.errorhandler(StaleDataError)
+    def concurrent_change(_error):
+        db.session.rollback()
+        if request.if_match:
+            return error_body(412, "The task changed while this request ran; fetch it again."), 412
+        return error_body(409, "The task changed while this request ran; retry."), 409
+
+
+# --- Auth helpers and JWT callbacks ---
+
+
+def unauthorized(message, error="invalid_token"):
+    challenge = f'Bearer realm="todo-api", error="{error}"' if error else 'Bearer realm="todo-api"'
+    return error_body(401, message), 401, {"WWW-Authenticate": challenge}
+
+
+# Every way a token can fail is the contract's 401, never the library's 422 {"msg": ...}.
+jwt.unauthorized_loader(lambda _reason: unauthorized("Missing or malformed Authorization header.", None))
+jwt.invalid_token_loader(lambda reason: unauthorized(f"Invalid token: {reason}."))
+jwt.expired_token_loader(lambda _header, _claims: unauthorized("Token has expired."))
+jwt.revoked_token_loader(lambda _header, _claims: unauthorized("Token has been revoked."))
+jwt.needs_fresh_token_loader(lambda _header, _claims: unauthorized("A fresh token is needed: log in again."))
+jwt.token_verification_failed_loader(lambda _header, _claims: unauthorized("Token was rejected."))
+jwt.user_lookup_error_loader(lambda _header, _claims: unauthorized("Token has been revoked."))
+
+# Identities are strings: PyJWT >= 2.10 rejects an integer "sub".
+jwt.user_identity_loader(str)
+
+
+@jwt.user_lookup_loader
+def load_session_user(_header, claims):
+    """One query checks the token's session (for a refresh token, that it is the session's
+    current one) and loads its user; None makes the token a 401."""
+    try:
+        user_id = int(claims["sub"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    query = select(User).join(UserSession).where(User.id == user_id, UserSession.id == str(claims.get("sid")))
+    if claims.get("type") == "refresh":
+        query = query.where(UserSession.refresh_jti == str(claims.get("jti")))
+    return db.session.scalar(query)
+
+
+def refresh_lifetime():
+    return timedelta(seconds=current_app.config["JWT_REFRESH_TOKEN_EXPIRES"])
+
+
+def token_pair(user, session_id, refresh_jti, *, fresh):
+    """A TokenPair: an access token and the given refresh token of one session."""
+    claims = {"sid": session_id}
+    return (
+        {
+            "access_token": create_access_token(user.id, fresh=fresh, additional_claims=claims),
+            "refresh_token": create_refresh_token(user.id, additional_claims={**claims, "jti": refresh_jti}),
+            "token_type": "Bearer",
+            "expires_in": current_app.config["JWT_ACCESS_TOKEN_EXPIRES"],
+            "user": user,
+        },
+        {"Cache-Control": "no-store"},
+    )
+
+
+def issue_token_pair(user):
+    """Start a new session for a user who just proved their password."""
+    db.session.flush()  # the user's id
+    session = UserSession(
+        id=secrets.token_hex(16), user_id=user.id, refresh_jti=secrets.token_hex(16), expires_at=utcnow() + refresh_lifetime()
+    )
+    db.session.add(session)
+    return token_pair(user, session.id, session.refresh_jti, fresh=True)
+
+
+def revoked():
+    abort(401, message="Token has been revoked.", headers={"WWW-Authenticate": 'Bearer realm="todo-api", error="invalid_token"'})
+
+
+def login_email_key():
+    body = request.get_json(silent=True)
+    email = body.get("email") if isinstance(body, dict) else None
+    return f"login-email:{email.strip().lower() if isinstance(email, str) else ''}"
+
+
+def config_limit(key):
+    return lambda: current_app.config[key]
+
+
+# --- Auth blueprint ---
+
+auth = Blueprint("auth", __name__, url_prefix="/api/auth", description="Accounts, sessions and tokens.")
+auth._prepare_doc_cbks.append(document_responses([503]))
+NO_AUTH = {"security": []}
+
+
+@auth.route("/signup", methods=["POST"])
+@limiter.limit(config_limit("SIGNUP_ADDRESS_LIMIT"))
+@auth.arguments(SignupSchema)
+@auth.response(201, TokenPairSchema)
+@auth.errors(400, 409, 413, 415, 429)
+@auth.doc(**NO_AUTH)
+def signup(data):
+    """Create an account and log in"""
+    user = User(email=data["email"], name=data.get("name", ""))
+    user.set_password(data["password"])
+    db.session.add(user)
+    try:
+        body, headers = issue_token_pair(user)
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        abort(409, message="This email is already registered.")
+    return body, 201, headers
+
+
+@auth.route("/login", methods=["POST"])
+@limiter.limit(config_limit("LOGIN_ADDRESS_LIMIT"))
+@limiter.limit(config_limit("LOGIN_EMAIL_LIMIT"), key_func=login_email_key, deduct_when=lambda r: r.status_code == 401)
+@auth.arguments(LoginSchema)
+@auth.response(200, TokenPairSchema)
+@auth.errors(400, 401, 413, 415, 429)
+@auth.doc(**NO_AUTH)
+def login(data):
+    """Log in: start a session"""
+    user = db.session.scalar(select(User).where(User.email == data["email"]))
+    # An unknown email is checked against a dummy hash: both failures cost the same.
+    if not (user or User(password_hash=DUMMY_HASH)).verify_password(data["password"]) or user is None:
+        abort(401, message="Invalid email or password.", headers={"WWW-Authenticate": 'Bearer realm="todo-api"'})
+    body, headers = issue_token_pair(user)
+    db.session.commit()
+    return body, headers
+
+
+@auth.route("/refresh", methods=["POST"])
+@jwt_required(refresh=True)
+@auth.response(200, TokenPairSchema)
+@auth.errors(401)
+@auth.doc(description="Send the refresh token as the bearer token. The refresh token used is revoked.")
+def refresh():
+    """Trade a refresh token for a new pair"""
+    claims = get_jwt()
+    new_jti = secrets.token_hex(16)
+    # Compare-and-set: of two concurrent refreshes with one token, only one wins.
+    rotated = db.session.execute(
+        update(UserSession)
+        .where(UserSession.id == claims["sid"], UserSession.refresh_jti == claims["jti"])
+        .values(refresh_jti=new_jti, expires_at=utcnow() + refresh_lifetime())
+    ).rowcount
+    if rotated != 1:
+        db.session.rollback()
+        revoked()
+    db.session.commit()
+    body, headers = token_pair(current_user, claims["sid"], new_jti, fresh=False)
+    return body, headers
+
+
+@auth.route("/logout", methods=["POST"])
+@jwt_required()
+@auth.response(204)
+@auth.errors(401)
+def logout():
+    """Log out: revoke this session's access and refresh tokens"""
+    db.session.execute(delete(UserSession).where(UserSession.id == get_jwt()["sid"]))
+    db.session.commit()
+
+
+@auth.route("/me")
+class Me(MethodView):
+    @jwt_required()
+    @auth.response(200, UserSchema)
+    @auth.errors(401)
+    def get(self):
+        """Show your account"""
+        return current_user
+
+    @jwt_required()
+    @auth.arguments(ProfileSchema)
+    @auth.response(200, UserSchema)
+    @auth.errors(400, 401, 413, 415)
+    def patch(self, data):
+        """Change your name"""
+        current_user.name = data["name"]
+        db.session.commit()
+        return current_user
+
+    @jwt_required(fresh=True)
+    @auth.response(204)
+    @auth.errors(401)
+    @auth.doc(description="Needs a fresh access token: one from signup or login, not from refresh.")
+    def delete(self):
+        """Delete your account and all your tasks"""
+        db.session.execute(delete(User).where(User.id == current_user.id))  # sessions and tasks cascade
+        db.session.commit()
+
+
+@auth.route("/password", methods=["POST"])
+@jwt_required()
+@auth.arguments(PasswordChangeSchema)
+@auth.response(200, TokenPairSchema)
+@auth.errors(400, 401, 403, 413, 415)
+@auth.doc(description="Every earlier token of this user is revoked; a new session starts.")
+def change_password(data):
+    """Change your password"""
+    if not current_user.verify_password(data["current_password"]):
+        abort(403, message="The current password is wrong.")
+    current_user.set_password(data["new_password"])
+    db.session.execute(delete(UserSession).where(UserSession.user_id == current_user.id))
+    body, headers = issue_token_pair(current_user)
+    db.session.commit()
+    return body, headers
+
+
+# --- Tasks blueprint ---
+
+tasks = Blueprint("tasks", __name__, url_prefix="/api/tasks", description="Your tasks.")
+tasks._prepare_doc_cbks.append(document_responses([401, 503]))
+
+SORT_COLUMNS = {
+    "created_at": Task.created_at,
+    "updated_at": Task.updated_at,
+    "due_date": Task.due_date,
+    "priority": Task.priority_rank,
+    "title": Task.title_key,
+}
+
+
+def select_tasks(user_id, args):
+    """One page of a user's tasks for validated query args, and the total: one SQL statement
+    for the page, and one for the count only when the page cannot tell it."""
+    conditions = [Task.user_id == user_id]
+    if "completed" in args:
+        conditions.append(Task.completed == args["completed"])
+    if "priority" in args:
+        conditions.append(Task.priority_rank == PRIORITIES.index(args["priority"]))
+    if "tag" in args:
+        conditions.append(Task.tag_rows.any(TaskTag.tag == args["tag"].lower()))
+    if "q" in args:
+        conditions.append(Task.search_key.contains(args["q"].lower(), autoescape=True))
+    if "due_before" in args:
+        conditions.append(Task.due_date < args["due_before"])
+    if "due_after" in args:
+        conditions.append(Task.due_date > args["due_after"])
+
+    key = args["sort"].lstrip("-")
+    descending = args["sort"].startswith("-")
+    column, tie = SORT_COLUMNS[key], Task.id
+    order = [column.desc(), tie.desc()] if descending else [column.asc(), tie.asc()]
+    if key == "due_date":
+        order[0] = order[0].nulls_last()
+
+    size, offset = args["page_size"], (args["page"] - 1) * args["page_size"]
+    page = db.session.scalars(select(Task).where(*conditions).order_by(*order).limit(size).offset(offset)).all()
+    if 0 < len(page) < size or (offset == 0 and not page):
+        return page, offset + len(page)
+    return page, db.session.scalar(select(func.count()).select_from(Task).where(*conditions))
+
+
+def pagination_headers(args, total):
+    """flask-smorest's X-Pagination, and an RFC 8288 Link header that keeps the query's filters."""
+    meta = Blueprint._make_pagination_metadata(args["page"], args["page_size"], total)
+    headers = {"X-Pagination": json.dumps(meta)}
+    pages = {"first": "first_page", "prev": "previous_page", "next": "next_page", "last": "last_page"}
+    query = request.args.to_dict()
+    links = [
+        f'<{url_for(request.endpoint, **request.view_args, **{**query, "page": meta[field]})}>; rel="{rel}"'
+        for rel, field in pages.items()
+        if field in meta
+    ]
+    if links:
+        headers["Link"] = ", ".join(links)
+    return headers
+
+
+def get_own_task_or_404(task_id):
+    """The caller's task; another user's task, or an id no database holds, is a 404."""
+    task = None
+    if task_id <= MAX_ID:
+        task = db.session.scalar(select(Task).where(Task.id == task_id, Task.user_id == current_user.id))
+    if task is None:
+        abort(404, message="Task not found.")
+    return task
+
+
+def caller_owns_path(view):
+    """Phase II paths carry a user id: anyone else's is a 403 (after auth, before anything else)."""
+
+    @wraps(view)
+    def wrapper(*args, user_id=None, **kwargs):
+        if user_id is not None and user_id != current_user.id:
+            abort(403, message="This path belongs to another user.")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+LIST_HEADERS = {
+    "X-Pagination": "PAGINATION",
+    "Link": {"description": "RFC 8288 links to the first, prev, next and last pages", "schema": {"type": "string"}},
+}
+
+
+@tasks.route("")
+class Tasks(MethodView):
+    decorators = [caller_owns_path, jwt_required()]  # the last one runs first
+
+    @tasks.arguments(TaskQueryArgsSchema, location="query")
+    @tasks.response(200, TaskSchema(many=True), headers=LIST_HEADERS)
+    def get(self, args):
+        """List your tasks: filter, search, sort and page"""
+        page, total = select_tasks(current_user.id, args)
+        return page, pagination_headers(args, total)
+
+    @tasks.etag
+    @tasks.arguments(TaskInSchema)
+    @tasks.response(201, TaskSchema, headers={"Location": {"schema": {"type": "string"}}})
+    @tasks.errors(400, 413, 415)
+    def post(self, data):
+        """Create a task"""
+        now = utcnow()
+        task = Task(user_id=current_user.id, created_at=now, updated_at=now, **data)
+        db.session.add(task)
+        db.session.commit()
+        tasks.set_etag(etag_data(task))
+        return task, {"Location": url_for("tasks.TaskById", task_id=task.id)}
+
+
+@tasks.route("/<int:task_id>")
+class TaskById(MethodView):
+    decorators = [caller_owns_path, jwt_required()]
+
+    @tasks.etag
+    @tasks.response(200, TaskSchema)
+    @tasks.errors(404)
+    def get(self, task_id):
+        """Show a task"""
+        task = get_own_task_or_404(task_id)
+        tasks.set_etag(etag_data(task))
+        return task
+
+    @tasks.etag
+    @tasks.arguments(TaskInSchema)
+    @tasks.response(200, TaskSchema)
+    @tasks.errors(400, 404, 413, 415)
+    @tasks.doc(description="Replaces every writable field: omitted optional fields go back to their defaults.")
+    def put(self, data, task_id):
+        """Replace a task"""
+        return update_task(task_id, data)
+
+    @tasks.etag
+    @tasks.arguments(TaskPatchSchema)
+    @tasks.response(200, TaskSchema)
+    @tasks.errors(400, 404, 413, 415)
+    def patch(self, data, task_id):
+        """Change some fields of a task"""
+        return update_task(task_id, data)
+
+    @tasks.etag
+    @tasks.response(204)
+    @tasks.errors(404)
+    def delete(self, task_id):
+        """Delete a task"""
+        task = get_own_task_or_404(task_id)
+        tasks.check_if_match(task)
+        db.session.delete(task)
+        db.session.commit()
+
+
+@tasks.route("/<int:task_id>/complete")
+class TaskCompletion(MethodView):
+    decorators = [caller_owns_path, jwt_required()]
+
+    @tasks.etag
+    @tasks.response(200, TaskSchema)
+    @tasks.errors(404)
+    def patch(self, task_id):
+        """Toggle whether a task is completed"""
+        task = get_own_task_or_404(task_id)
+        return update_task(task_id, {"completed": not task.completed}, task)
+
+
+def update_task(task_id, changes, task=None):
+    task = task or get_own_task_or_404(task_id)
+    tasks.check_if_match(task)
+    if task.apply(changes):
+        db.session.commit()
+    tasks.set_etag(etag_data(task))
+    return task
+
+
+# Phase II frontends call the same views under the caller's user id.
+phase2 = Blueprint(
+    "phase2", __name__, url_prefix="/api/<int:user_id>/tasks", description="Phase II paths: the same operations under your user id."
+)
+phase2._prepare_doc_cbks.append(document_responses([401, 403, 503]))
+phase2.add_url_rule("", view_func=Tasks)
+phase2.add_url_rule("/<int:task_id>", view_func=TaskById)
+phase2.add_url_rule("/<int:task_id>/complete", view_func=TaskCompletion)
+
+
+# --- Service routes ---
+
+service = Blueprint("service", __name__, description="Health.")
+
+
+@service.route("/health")
+@service.response(200, HealthSchema)
+@service.errors(503)
+@service.doc(**NO_AUTH)
+def health():
+    """Check the service and its database"""
+    try:
+        db.session.execute(text("SELECT 1"))
+    except DBAPIError:
+        db.session.rollback()
+        response = jsonify(error_body(503, MESSAGES[503], database="unavailable"))
+        response.status_code = 503
+        return response
+    return {"status": "ok", "database": "ok"}
+
+
+def docs_asset(filename):
+    """Swagger UI's files, served from the swagger-ui-bundle package: /docs needs no internet."""
+    return send_from_directory(swagger_ui_path, filename, max_age=86400)
+
+
+# --- CLI ---
+
+
+@click.command("init-db")
+@with_appcontext
+def init_db_command():
+    """Create the database tables if they do not exist."""
+    db.create_all()
+    click.echo("Database ready.")
+
+
+# --- App factory ---
+
+
+CORS_POLICY = {
+    "methods": ["GET", "POST", "PUT", "PATCH", "DELETE"],
+    "allow_headers": ["Authorization", "Content-Type", "If-Match", "If-None-Match"],
+    "expose_headers": ["ETag", "Location", "Link", "X-Pagination", "Retry-After"],
+}
+
+
+def create_app(test_config=None, instance_path=None):
+    """Build the app: config from Config, the environment and test_config, then extensions and routes."""
+    app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
+    app.config.from_object(Config)
+    for name, read in ENV_SETTINGS.items():
+        if name in os.environ:
+            app.config[name] = read(os.environ[name])
+    if "DATABASE_URL" in os.environ:
+        app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
+    app.config.from_prefixed_env()  # FLASK_<KEY> for every key
+    app.config.update(test_config or {})
+
+    os.makedirs(app.instance_path, exist_ok=True)
+    app.config["SQLALCHEMY_DATABASE_URI"] = database_uri(app.config["SQLALCHEMY_DATABASE_URI"])
+    app.config["JWT_SECRET_KEY"] = load_jwt_secret(app)
+    if app.config["TRUSTED_PROXIES"]:
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)
+
+    # extensions
+    db.init_app(app)
+    jwt.init_app(app)
+    limiter.init_app(app)
+    api = Api(app)
+    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+
+    # blueprints
+    for blueprint in (auth, tasks, phase2, service):
+        api.register_blueprint(blueprint)
+    app.add_url_rule("/docs/assets/<path:filename>", "docs_asset", docs_asset)
+    if origins := [origin.strip() for origin in app.config["CORS_ORIGINS"].split(",") if origin.strip()]:
+        # Bearer tokens, not cookies: no credentials, so an origin list never pairs "*" with them.
+        CORS(app, resources={r"/api/*": {}}, origins=origins, supports_credentials=False, max_age=600, **CORS_POLICY)
+    register_error_handlers(app)
+
+    @app.after_request
+    def security_headers(response):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    app.cli.add_command(init_db_command)
+    if app.config["CREATE_TABLES"]:
+        with app.app_context():
+            create_tables()
+    return app
+
+
+def create_tables():
+    """Create missing tables; a worker that loses the race to another one just sees them there."""
+    try:
+        db.create_all()
+    except DBAPIError:
+        db.session.rollback()
+        db.create_all()
+    db.engine.dispose()  # no connection crosses a fork into gunicorn's workers
