@@ -313,16 +313,20 @@ class TaskTag(db.Model):
 # --- Schemas ---
 
 
-class StoredString(fields.String):
-    """A string both databases can store (no NUL, no lone surrogate), trimmed when asked."""
+class Text(fields.String):
+    """A string of valid Unicode (no lone surrogate), trimmed when asked. With `stored`, also no
+    NUL, which PostgreSQL cannot store. The OpenAPI pattern says the same to clients."""
 
-    def __init__(self, *, strip=False, **kwargs):
+    def __init__(self, *, strip=False, stored=True, **kwargs):
+        pattern = r"^[^\u0000]*\S[^\u0000]*$" if strip else r"^[^\u0000]*$" if stored else None
+        if pattern:
+            kwargs["metadata"] = {"pattern": pattern, **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
-        self.strip = strip
+        self.strip, self.stored = strip, stored
 
     def _deserialize(self, value, attr, data, **kwargs):
         value = super()._deserialize(value, attr, data, **kwargs)
-        if "\x00" in value:
+        if self.stored and "\x00" in value:
             raise ma.ValidationError("Must not contain NUL characters.")
         try:
             value.encode("utf-8")
@@ -366,7 +370,7 @@ class TagList(fields.List):
     """Tags trimmed, lower-cased, de-duplicated and sorted; at most 20 after that."""
 
     def __init__(self, **kwargs):
-        tag = StoredString(strip=True, validate=validate.Length(1, 50))
+        tag = Text(strip=True, validate=validate.Length(1, 50))
         super().__init__(tag, metadata={"maxItems": 20, "description": "At most 20 distinct tags."}, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
@@ -381,8 +385,9 @@ class StrictSchema(ma.Schema):
         unknown = ma.RAISE
 
 
-Password = StoredString(required=True, validate=validate.Length(8, 128), load_only=True)
-UserName = StoredString(validate=validate.Length(max=100))
+# Passwords are hashed, never stored: any Unicode will do.
+Password = Text(required=True, stored=False, validate=validate.Length(8, 128), load_only=True)
+UserName = Text(validate=validate.Length(max=100))
 
 
 class SignupSchema(StrictSchema):
@@ -393,23 +398,23 @@ class SignupSchema(StrictSchema):
 
 class LoginSchema(StrictSchema):
     email = Email(required=True, validate=validate.Length(max=254))
-    password = StoredString(required=True, load_only=True, validate=validate.Length(max=128))
+    password = Text(required=True, stored=False, load_only=True, validate=validate.Length(max=128))
 
 
 class ProfileSchema(StrictSchema):
-    name = StoredString(required=True, validate=validate.Length(max=100))
+    name = Text(required=True, validate=validate.Length(max=100))
 
 
 class PasswordChangeSchema(StrictSchema):
-    current_password = StoredString(required=True, load_only=True, validate=validate.Length(max=128))
+    current_password = Text(required=True, stored=False, load_only=True, validate=validate.Length(max=128))
     new_password = Password
 
 
 class TaskInSchema(StrictSchema):
     """TaskIn: every writable field. Loaded whole for POST and PUT, partially for PATCH."""
 
-    title = StoredString(required=True, strip=True, validate=validate.Length(1, 200))
-    description = StoredString(
+    title = Text(required=True, strip=True, validate=validate.Length(1, 200))
+    description = Text(
         allow_none=True, load_default="", validate=validate.Length(max=2000), metadata={"description": "null is taken as \"\""}
     )
     completed = StrictBoolean(load_default=False)
@@ -439,8 +444,8 @@ class TaskQueryArgsSchema(StrictSchema):
     page_size = fields.Integer(load_default=20, validate=validate.Range(1, 100))
     completed = fields.Boolean(truthy={"true"}, falsy={"false"})
     priority = fields.String(validate=validate.OneOf(PRIORITIES))
-    tag = StoredString(strip=True, validate=validate.Length(1, 50))
-    q = StoredString(validate=validate.Length(1, 200))
+    tag = Text(strip=True, validate=validate.Length(1, 50))
+    q = Text(validate=validate.Length(1, 200))
     due_before = UTCDateTime()
     due_after = UTCDateTime()
     sort = fields.String(
@@ -910,7 +915,12 @@ def caller_owns_path(view):
 
 
 LIST_HEADERS = {
-    "X-Pagination": "PAGINATION",
+    # JSON in a header: documented as a string, or clients would parse it as a form-style object.
+    "X-Pagination": {
+        "description": 'flask-smorest pagination metadata as JSON: {"total", "total_pages", "first_page", '
+        '"last_page", "page", "previous_page", "next_page"}; only total and total_pages when nothing matched',
+        "schema": {"type": "string"},
+    },
     "Link": {"description": "RFC 8288 links to the first, prev, next and last pages", "schema": {"type": "string"}},
 }
 

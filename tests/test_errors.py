@@ -89,3 +89,41 @@ def test_every_status_of_the_table_has_the_one_shape(client, make_user, make_tas
     assert_error(client.post("/api/auth/signup", json={"email": "shape@example.com", "password": "whatever123"}), 409, "Conflict")
     assert_error(client.delete(f"/api/tasks/{task['id']}", headers={**user["headers"], "If-Match": '"x"'}), 412, "Precondition Failed")
     assert_error(client.get("/api/tasks?page=0", headers=user["headers"]), 422, "Unprocessable Entity")
+
+
+def test_a_10_mb_body_is_a_413_and_writes_nothing(client, auth_headers):
+    body = b'{"title": "' + b"x" * (10 * 1024 * 1024) + b'"}'
+    response = client.post("/api/tasks", data=body, content_type="application/json", headers=auth_headers)
+    assert_error(response, 413, "Request Entity Too Large")
+    assert client.get("/api/tasks", headers=auth_headers).json == []
+
+
+@pytest.mark.parametrize("body", [{"title": None}, {"title": {"nested": "object"}}, {"title": ["list"]}, {"tags": {"a": 1}}])
+def test_wrong_json_types_are_a_422(client, auth_headers, body):
+    response = client.post("/api/tasks", json=body, headers=auth_headers)
+    assert_error(response, 422, "Unprocessable Entity")
+
+
+def test_every_route_with_every_method_answers_without_a_500(app, client, make_user, make_task):
+    """Whatever a client sends to whichever route, the answer is a documented status in the one shape."""
+    user = make_user()
+    task = make_task(headers=user["headers"])
+    values = {"task_id": task["id"], "user_id": user["user"]["id"], "filename": "swagger-ui.css"}
+    bodies = [None, b"{}", b'{"title": 1}', b"\xff", b"null"]
+    seen = set()
+    for rule in app.url_map.iter_rules():
+        path = rule.rule
+        for name, value in values.items():
+            path = path.replace(f"<int:{name}>", str(value)).replace(f"<path:{name}>", str(value))
+        if rule.endpoint == "static":
+            continue
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"):
+            if (path, method) == (f"/api/tasks/{task['id']}", "DELETE") or path in ("/api/auth/me", "/api/auth/logout", "/api/auth/password"):
+                continue  # these would end the session or the task the loop uses; tested on their own
+            for body in bodies:
+                response = client.open(path, method=method, data=body, content_type="application/json", headers=user["headers"])
+                assert response.status_code < 500, (method, path, body, response.data)
+                if response.status_code >= 400 and method != "HEAD":  # HEAD answers carry no body
+                    assert_error(response, response.status_code, response.json["status"])
+                seen.add(path)
+    assert len(seen) >= 8
