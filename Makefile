@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test init-db clean
+.PHONY: run test fuzz init-db clean
 
 # Rebuilt whenever requirements.txt is newer than the last install.
 $(VENV)/.installed: requirements.txt
@@ -21,6 +21,10 @@ run: init-db
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Schemathesis against a gunicorn server on loopback (FUZZ_DATABASE_URL picks the database).
+fuzz: $(VENV)/.installed
+	$(BIN)/python scripts/fuzz.py $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
