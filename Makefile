@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test fuzz init-db clean
+.PHONY: run test fuzz upgrade clean
 
 # Rebuilt whenever requirements.txt is newer than the last install.
 $(VENV)/.installed: requirements.txt
@@ -13,10 +13,11 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-init-db: $(VENV)/.installed
-	$(BIN)/flask --app todo_api init-db
+# Apply the database migrations (the app also does at start).
+upgrade: $(VENV)/.installed
+	$(BIN)/flask --app todo_api db upgrade
 
-run: init-db
+run: upgrade
 	$(BIN)/flask --app todo_api run --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.installed

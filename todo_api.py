@@ -9,22 +9,25 @@ OpenAPI at /openapi.json and browsable at /docs.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import secrets
+import sqlite3
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from functools import wraps
 from http import HTTPStatus
 from pathlib import Path
 
-import click
+import fcntl
 import flask_smorest
 import marshmallow as ma
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from flask import Flask, current_app, jsonify, request, send_from_directory, url_for
-from flask.cli import with_appcontext
+from flask import Flask, current_app, g, has_request_context, jsonify, request, send_from_directory, url_for
 from flask.views import MethodView
 from flask_jwt_extended import (
     JWTManager,
@@ -36,12 +39,14 @@ from flask_jwt_extended import (
 )
 from flask_cors import CORS
 from flask_limiter import Limiter
+from flask_migrate import Migrate, upgrade
 from flask_limiter.util import get_remote_address
 from flask_smorest import abort
 from flask_sqlalchemy import SQLAlchemy
 from marshmallow import fields, validate
 from sqlalchemy import (
     JSON,
+    MetaData,
     BigInteger,
     Boolean,
     DateTime,
@@ -51,6 +56,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    create_engine,
     delete,
     event,
     func,
@@ -74,8 +80,12 @@ class Config:
 
     # A relative SQLite path is resolved inside the instance folder by Flask-SQLAlchemy.
     SQLALCHEMY_DATABASE_URI = "sqlite:///todo.db"
-    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
-    CREATE_TABLES = True
+    # hide_parameters: SQL errors never carry values (a password hash, a token id) into logs.
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True, "hide_parameters": True}
+    AUTO_MIGRATE = True  # apply migrations at start (one process at a time); see create_app
+    DB_POOL_SIZE = 5  # connections kept open per process
+    DB_MAX_OVERFLOW = 5  # extra connections under bursts
+    DB_POOL_TIMEOUT = 10  # seconds to wait for a free connection
 
     JWT_SECRET_KEY = None  # generated once into the instance folder when not configured
     JWT_TOKEN_LOCATION = ["headers"]
@@ -116,6 +126,9 @@ ENV_SETTINGS = {  # environment variable -> how to read it
     "TRUSTED_PROXIES": int,
     "RATELIMIT_STORAGE_URI": str,
     "RATELIMIT_ENABLED": lambda value: value.strip().lower() not in {"0", "false", "no", "off"},
+    "DB_POOL_SIZE": int,
+    "DB_MAX_OVERFLOW": int,
+    "DB_POOL_TIMEOUT": int,
 }
 
 
@@ -164,6 +177,8 @@ class Base(DeclarativeBase):
 # expire_on_commit=False: a committed object is serialised without being read back.
 db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 jwt = JWTManager()
+# Batch mode: SQLite can only change a table by copying it.
+migrate = Migrate(directory=str(Path(__file__).with_name("migrations")), render_as_batch=True, compare_type=True)
 limiter = Limiter(get_remote_address)
 password_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)  # OWASP argon2id
 DUMMY_HASH = password_hasher.hash(secrets.token_hex(16))  # verified for unknown emails: same cost
@@ -172,12 +187,26 @@ DUMMY_HASH = password_hasher.hash(secrets.token_hex(16))  # verified for unknown
 @event.listens_for(Engine, "connect")
 def configure_sqlite(dbapi_connection, _record):
     """SQLite: cascades need foreign_keys per connection; WAL and a busy timeout serve several workers."""
-    if type(dbapi_connection).__module__ != "sqlite3":
+    if not isinstance(dbapi_connection, sqlite3.Connection):
         return
+    dbapi_connection.isolation_level = None  # the driver begins nothing; begin_sqlite_transaction does
     cursor = dbapi_connection.cursor()
     for pragma in ("foreign_keys=ON", "journal_mode=WAL", "busy_timeout=5000", "synchronous=NORMAL"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
+
+
+@event.listens_for(Engine, "begin")
+def begin_sqlite_transaction(connection):
+    """A request that may write takes SQLite's write lock when its transaction begins.
+
+    A transaction that reads first and writes later fails at once with "database is locked" if
+    another writer committed in between; BEGIN IMMEDIATE makes it wait its turn instead
+    (busy_timeout) and see the latest data. Reads (GET) stay concurrent.
+    """
+    if connection.dialect.name == "sqlite":
+        writes = has_request_context() and request.method not in ("GET", "HEAD", "OPTIONS")
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
 # --- Models ---
@@ -318,7 +347,7 @@ class Text(fields.String):
     NUL, which PostgreSQL cannot store. The OpenAPI pattern says the same to clients."""
 
     def __init__(self, *, strip=False, stored=True, **kwargs):
-        pattern = r"^[^\u0000]*\S[^\u0000]*$" if strip else r"^[^\u0000]*$" if stored else None
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$" if strip else r"^[^\u0000]*$" if stored else None
         if pattern:
             kwargs["metadata"] = {"pattern": pattern, **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
@@ -744,6 +773,7 @@ def signup(data):
 def login(data):
     """Log in: start a session"""
     user = db.session.scalar(select(User).where(User.email == data["email"]))
+    db.session.commit()  # end the read: no database lock is held through the slow hash check
     # An unknown email is checked against a dummy hash: both failures cost the same.
     if not (user or User(password_hash=DUMMY_HASH)).verify_password(data["password"]) or user is None:
         abort(401, message="Invalid email or password.", headers={"WWW-Authenticate": 'Bearer realm="todo-api"'})
@@ -1049,18 +1079,118 @@ def docs_asset(filename):
     return send_from_directory(swagger_ui_path, filename, max_age=86400)
 
 
-# --- CLI ---
+# --- Migrations ---
 
 
-@click.command("init-db")
-@with_appcontext
-def init_db_command():
-    """Create the database tables if they do not exist."""
-    db.create_all()
-    click.echo("Database ready.")
+def migrate_database(app):
+    """Bring the schema up to date at start: `flask db upgrade`, one process at a time.
+
+    Workers and hosts starting together queue on a lock: a file lock beside the instance
+    folder's SQLite database, a session-level advisory lock on PostgreSQL.
+    """
+    with app.app_context():
+        engine = db.engine
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as connection:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                try:
+                    upgrade()
+                finally:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        else:
+            with open(Path(app.instance_path) / "migrate.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                upgrade()
+        engine.dispose()  # no connection crosses a fork into gunicorn's workers
+
+
+MIGRATION_LOCK_KEY = 0x7D0_0A91  # any constant shared by every process of this service
+
+
+def drop_everything(url):
+    """Drop every table of a database, the migrations' bookkeeping too (tests and fuzzing)."""
+    engine = create_engine(database_uri(url))
+    metadata = MetaData()
+    metadata.reflect(engine)
+    metadata.drop_all(engine)
+    engine.dispose()
+
+
+# --- Request ids and logs ---
+
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+access_log = logging.getLogger("todo_api.access")
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line, with the request id while a request is served."""
+
+    def format(self, record):
+        entry = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if has_request_context() and "request_id" in g:
+            entry["request_id"] = g.request_id
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(app):
+    """The app's logs (errors, and one access line per request) as JSON lines on stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JSONFormatter())
+    app.logger.handlers[:] = [handler]
+    app.logger.setLevel(logging.INFO)
+    app.logger.propagate = False
+
+
+def tidy_authorization_header():
+    """Drop blank comma-separated parts of Authorization: flask-jwt-extended 4.7 raises
+    IndexError (a 500) on a header such as ", ," instead of answering 401."""
+    value = request.environ.get("HTTP_AUTHORIZATION")
+    if value is not None:
+        request.environ["HTTP_AUTHORIZATION"] = ",".join(part.strip() for part in value.split(",") if part.strip())
+
+
+def start_request():
+    """Adopt the client's X-Request-ID when it is sane, or make one up."""
+    g.request_started = time.perf_counter()
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def finish_request(response):
+    """Name the request in the answer and log it: id, method, path (no query), status, duration."""
+    if "request_id" not in g:  # a hook that ran before start_request failed
+        start_request()
+    response.headers["X-Request-ID"] = g.request_id
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    fields = {
+        "method": request.method,
+        "path": request.path,
+        "status": response.status_code,
+        "duration_ms": round((time.perf_counter() - g.request_started) * 1000, 2),
+    }
+    access_log.info("request", extra={"fields": fields})
+    return response
 
 
 # --- App factory ---
+
+
+def engine_options(config):
+    options = {**config["SQLALCHEMY_ENGINE_OPTIONS"]}
+    if not config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        # SQLite files get SQLAlchemy's default pool; sizes matter for a database server.
+        options.update(pool_size=config["DB_POOL_SIZE"], max_overflow=config["DB_MAX_OVERFLOW"], pool_timeout=config["DB_POOL_TIMEOUT"])
+    if config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        options["connect_args"] = {"application_name": "todo-api", **options.get("connect_args", {})}
+    return options
 
 
 CORS_POLICY = {
@@ -1088,9 +1218,16 @@ def create_app(test_config=None, instance_path=None):
     if app.config["TRUSTED_PROXIES"]:
         hops = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(app.config)
+    configure_logging(app)
+    # Registered before the extensions' hooks, so a request refused by one (a 429) has an id too.
+    app.before_request(start_request)
+    app.before_request(tidy_authorization_header)
+    app.after_request(finish_request)
 
     # extensions
     db.init_app(app)
+    migrate.init_app(app, db)
     jwt.init_app(app)
     limiter.init_app(app)
     api = Api(app)
@@ -1105,23 +1242,6 @@ def create_app(test_config=None, instance_path=None):
         CORS(app, resources={r"/api/*": {}}, origins=origins, supports_credentials=False, max_age=600, **CORS_POLICY)
     register_error_handlers(app)
 
-    @app.after_request
-    def security_headers(response):
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        return response
-
-    app.cli.add_command(init_db_command)
-    if app.config["CREATE_TABLES"]:
-        with app.app_context():
-            create_tables()
+    if app.config["AUTO_MIGRATE"]:
+        migrate_database(app)
     return app
-
-
-def create_tables():
-    """Create missing tables; a worker that loses the race to another one just sees them there."""
-    try:
-        db.create_all()
-    except DBAPIError:
-        db.session.rollback()
-        db.create_all()
-    db.engine.dispose()  # no connection crosses a fork into gunicorn's workers

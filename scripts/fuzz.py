@@ -47,15 +47,12 @@ def post_json(url, body):
         return json.load(response)
 
 
-def empty_database(url, instance_path):
+def empty_database(url):
     """Start from no tables, so the peers can sign up again on a database used before."""
     sys.path.insert(0, str(ROOT))
-    from todo_api import create_app, db
+    from todo_api import drop_everything
 
-    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "CREATE_TABLES": False, "JWT_SECRET_KEY": "x" * 32}, instance_path=str(instance_path))
-    with app.app_context():
-        db.drop_all()
-        db.engine.dispose()
+    drop_everything(url)
 
 
 def summarise(report_dir):
@@ -79,7 +76,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="todo-fuzz-") as tmp:
         tmp = Path(tmp)
         database_url = os.environ.get("FUZZ_DATABASE_URL") or f"sqlite:///{tmp / 'fuzz.db'}"
-        empty_database(database_url, tmp)
+        empty_database(database_url)
         env = {
             **os.environ,
             "DATABASE_URL": database_url,

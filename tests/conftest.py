@@ -20,6 +20,7 @@ def config(request, tmp_path):
         "TESTING": True,
         "SQLALCHEMY_DATABASE_URI": os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{tmp_path / 'todo.db'}",
         "JWT_SECRET_KEY": "test-secret-key-that-is-long-enough-1234",
+        "AUTO_MIGRATE": False,  # the schema comes from create_all; test_migrations.py proves them equal
         **(marker.kwargs if marker else {}),
     }
 
@@ -27,6 +28,8 @@ def config(request, tmp_path):
 @pytest.fixture
 def app(config, tmp_path):
     app = create_app(config, instance_path=str(tmp_path / "instance"))
+    with app.app_context():
+        db.create_all()
     yield app
     with app.app_context():
         # Leave no rows behind for the next test (PostgreSQL keeps one database for all).

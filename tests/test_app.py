@@ -1,11 +1,13 @@
 """The factory and its configuration, the service routes, and routing errors."""
 
+import io
+import json
 import os
 import stat
 
 import pytest
 
-from todo_api import ConfigError, create_app, database_uri
+from todo_api import ConfigError, create_app, database_uri, db
 
 ERROR_KEYS = {"code", "status", "message"}
 
@@ -16,8 +18,8 @@ def test_short_configured_jwt_secret_stops_the_service(config, tmp_path):
         create_app(config, instance_path=str(tmp_path))
 
 
-def test_generated_jwt_secret_is_kept_private_and_shared(config, tmp_path):
-    del config["JWT_SECRET_KEY"]
+def test_generated_jwt_secret_is_kept_private_and_shared(app, config, tmp_path):
+    del config["JWT_SECRET_KEY"]  # `app` made the tables; these two share its database
     first = create_app(config, instance_path=str(tmp_path))
     second = create_app(config, instance_path=str(tmp_path))
     key_file = tmp_path / "jwt-secret.key"
@@ -71,7 +73,6 @@ def test_health(client):
 
 def test_unreachable_database_is_a_503_and_health_says_so(config, tmp_path):
     config["SQLALCHEMY_DATABASE_URI"] = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
-    config["CREATE_TABLES"] = False
     client = create_app(config, instance_path=str(tmp_path)).test_client()
 
     health = client.get("/health")
@@ -181,12 +182,6 @@ def test_every_response_says_nosniff(client):
         assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
-def test_init_db_command(runner):
-    result = runner.invoke(args=["init-db"])
-    assert result.exit_code == 0
-    assert "Database ready" in result.output
-
-
 # --- CORS ---
 
 ORIGIN = "https://app.example.com"
@@ -224,3 +219,87 @@ def test_cors_exposes_the_api_headers_to_scripts(client, auth_headers):
 def test_cors_ignores_other_origins(client):
     response = client.options("/api/tasks", headers={"Origin": "https://evil.example.com", "Access-Control-Request-Method": "GET"})
     assert "Access-Control-Allow-Origin" not in response.headers
+
+
+# --- request ids and logs ---
+
+
+def test_every_response_carries_a_request_id(client):
+    generated = client.get("/health").headers["X-Request-ID"]
+    assert len(generated) == 32 and int(generated, 16) >= 0
+    assert client.get("/health").headers["X-Request-ID"] != generated
+    assert client.get("/nowhere", headers={"X-Request-ID": "abc-123.DEF:9_z"}).headers["X-Request-ID"] == "abc-123.DEF:9_z"
+    for insane in ("x" * 129, "has space", "semi;colon", "", "é"):
+        response = client.get("/health", headers={"X-Request-ID": insane})
+        assert response.headers["X-Request-ID"] != insane
+        assert len(response.headers["X-Request-ID"]) == 32
+
+
+def log_lines(app):
+    """Point the app's log handler at a buffer; returns a function that reads the JSON lines."""
+    buffer = io.StringIO()
+    app.logger.handlers[0].setStream(buffer)
+    return lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+
+def test_logs_are_json_lines_without_secrets(app, client):
+    read_logs = log_lines(app)
+    signup = client.post("/api/auth/signup", json={"email": "log@example.com", "password": "very secret password"})
+    token = signup.json["access_token"]
+    client.get("/api/tasks?q=x", headers={"Authorization": f"Bearer {token}", "X-Request-ID": "trace-1"})
+    client.post("/api/auth/login", json={"email": "log@example.com", "password": "wrong secret password"})
+
+    lines = read_logs()
+    access = [line for line in lines if line["logger"] == "todo_api.access"]
+    assert [(line["method"], line["path"], line["status"]) for line in access] == [
+        ("POST", "/api/auth/signup", 201),
+        ("GET", "/api/tasks", 200),
+        ("POST", "/api/auth/login", 401),
+    ]
+    assert access[1]["request_id"] == "trace-1"
+    assert all(isinstance(line["duration_ms"], float) and line["request_id"] for line in access)
+    everything = json.dumps(lines)
+    for secret in (token, signup.json["refresh_token"], "very secret password", "wrong secret password", "argon2"):
+        assert secret not in everything
+
+
+def test_a_crash_is_logged_as_json_with_its_request_id(config, tmp_path):
+    config["TESTING"] = False
+    app = create_app(config, instance_path=str(tmp_path))
+    read_logs = log_lines(app)
+
+    @app.route("/boom")
+    def boom():
+        raise RuntimeError("kaboom")
+
+    response = app.test_client().get("/boom", headers={"X-Request-ID": "crash-1"})
+    assert response.status_code == 500
+    error = next(line for line in read_logs() if line["level"] == "ERROR")
+    assert error["request_id"] == "crash-1"
+    assert "RuntimeError: kaboom" in error["exception"]
+
+
+# --- database settings ---
+
+
+def test_postgresql_pool_is_configurable(config, tmp_path, monkeypatch):
+    monkeypatch.setenv("DB_POOL_SIZE", "7")
+    monkeypatch.setenv("DB_MAX_OVERFLOW", "3")
+    config.update(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none")
+    app = create_app(config, instance_path=str(tmp_path))
+    options = app.config["SQLALCHEMY_ENGINE_OPTIONS"]
+    assert options["pool_size"] == 7 and options["max_overflow"] == 3 and options["pool_timeout"] == 10
+    assert options["pool_pre_ping"] is True and options["hide_parameters"] is True
+    assert options["connect_args"]["application_name"] == "todo-api"
+
+
+def test_sqlite_is_set_up_for_several_workers(app):
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        with app.app_context(), db.engine.connect() as connection:
+            pragma = lambda name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()  # noqa: E731
+            assert pragma("journal_mode") == "wal"
+            assert pragma("foreign_keys") == 1
+            assert pragma("busy_timeout") == 5000
+            assert pragma("synchronous") == 1  # NORMAL
+    else:
+        assert app.config["SQLALCHEMY_ENGINE_OPTIONS"]["pool_pre_ping"] is True

@@ -314,6 +314,9 @@ def claims_of(app, token):
         pytest.param(lambda app, user: {"Authorization": "Bearer"}, id="empty bearer"),
         pytest.param(lambda app, user: {"Authorization": f"Token {user['access_token']}"}, id="wrong scheme"),
         pytest.param(lambda app, user: bearer("garbage"), id="garbage"),
+        pytest.param(lambda app, user: {"Authorization": ", ,"}, id="blank parts"),
+        pytest.param(lambda app, user: {"Authorization": ",\t,"}, id="a tab between commas"),
+        pytest.param(lambda app, user: {"Authorization": f"Bearer {user['access_token']}, Bearer x"}, id="two bearer tokens"),
         pytest.param(lambda app, user: bearer("a.b.c"), id="three garbage segments"),
         pytest.param(
             lambda app, user: bearer(b64({"alg": "none", "typ": "JWT"}) + "." + b64(claims_of(app, user["access_token"])) + "."),

@@ -49,6 +49,7 @@ def serve(app, config, tmp_path):
             **os.environ,
             "DATABASE_URL": config["SQLALCHEMY_DATABASE_URI"],
             "JWT_SECRET_KEY": config["JWT_SECRET_KEY"],
+            "FLASK_AUTO_MIGRATE": "false",  # the app fixture made the tables
             **{key: str(value) for key, value in settings.items()},
         }
         command = [GUNICORN, "--workers", str(workers), "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "wsgi:app"]

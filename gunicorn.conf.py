@@ -1,0 +1,37 @@
+"""gunicorn settings; `gunicorn wsgi:app` reads this file from the working directory.
+
+Environment: HOST and PORT (default 127.0.0.1:8000), WEB_CONCURRENCY (workers), GUNICORN_TIMEOUT.
+Command-line options override all of these.
+"""
+
+import multiprocessing
+import os
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+# Sync workers: each serves one request at a time; two per core keeps the cores busy while
+# one waits on the database.
+workers = int(os.environ.get("WEB_CONCURRENCY", 2 * multiprocessing.cpu_count()))
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", 30))  # a worker silent this long is replaced
+graceful_timeout = 30  # on SIGTERM, in-flight requests get this long to finish
+keepalive = 5
+max_requests = 10_000  # recycle workers now and then, with jitter so they do not all restart together
+max_requests_jitter = 1_000
+limit_request_line = 8190
+
+# Access log: the app writes one JSON line per request (id, method, path, status, duration) to
+# stderr, so gunicorn's own access log stays off; its error log goes to stderr too.
+accesslog = None
+errorlog = "-"
+loglevel = "info"
+
+
+def post_fork(server, worker):
+    """With preload_app, the master built the app: drop its database connections in each worker."""
+    app = getattr(server.app, "callable", None)
+    if app is None:
+        return
+    from todo_api import db
+
+    with app.app_context():
+        for engine in db.engines.values():
+            engine.dispose(close=False)

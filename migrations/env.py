@@ -1,0 +1,44 @@
+"""Alembic environment for Flask-Migrate: the app's engine and metadata, batch mode on SQLite."""
+
+import logging
+
+from alembic import context
+from flask import current_app
+
+logger = logging.getLogger("alembic.env")
+config = context.config
+migrate = current_app.extensions["migrate"]
+
+
+def run_migrations_offline():
+    """Emit SQL for the app's database URL instead of running it."""
+    context.configure(url=migrate.db.engine.url, target_metadata=migrate.db.metadata, literal_binds=True, **migrate.configure_args)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online():
+    def skip_empty_revisions(_context, _revision, directives):
+        if getattr(config.cmd_opts, "autogenerate", False) and directives[0].upgrade_ops.is_empty():
+            directives[:] = []
+            logger.info("No changes in schema detected.")
+
+    args = {"process_revision_directives": skip_empty_revisions, **migrate.configure_args}
+    with migrate.db.engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch mode copies and drops tables; with foreign keys on, dropping a parent table
+            # would cascade-delete its children's rows. The pragma only works outside a transaction.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()  # end the transaction SQLAlchemy began, so alembic runs (and commits) its own
+        context.configure(connection=connection, target_metadata=migrate.db.metadata, **args)
+        with context.begin_transaction():
+            context.run_migrations()
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
