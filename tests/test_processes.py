@@ -1,4 +1,5 @@
-"""The service as separate gunicorn processes on loopback, sharing a database and Redis."""
+"""The service as separate gunicorn processes on loopback: instances sharing a database and
+Redis, workers killed under load, a graceful stop, the database going away, many writers."""
 
 import json
 import os
@@ -6,17 +7,24 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete, select
+
+from todo_api import Task, TaskTag, User, create_app, db
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 REDIS_URI = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+# The outage test needs a database server to lose: the suite's PostgreSQL, or the local one.
+POSTGRES_URL = os.environ.get("TEST_DATABASE_URL", "").startswith("postgres") and os.environ["TEST_DATABASE_URL"] or "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def free_port():
@@ -25,12 +33,12 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def call(method, url, body=None, headers=None):
+def call(method, url, body=None, headers=None, timeout=30):
     """(status, headers, JSON body) of one request."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data, {"Content-Type": "application/json", **(headers or {})}, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             raw = response.read()
             return response.status, response.headers, json.loads(raw) if raw else None
     except urllib.error.HTTPError as error:
@@ -38,56 +46,123 @@ def call(method, url, body=None, headers=None):
         return error.code, error.headers, json.loads(raw) if raw else None
 
 
-@pytest.fixture
-def serve(app, config, tmp_path):
-    """Start a gunicorn instance of the app on a free loopback port; stopped after the test."""
-    servers = []
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
 
-    def start(workers=1, **settings):
-        port = free_port()
-        env = {
-            **os.environ,
-            "DATABASE_URL": config["SQLALCHEMY_DATABASE_URI"],
-            "JWT_SECRET_KEY": config["JWT_SECRET_KEY"],
-            "FLASK_AUTO_MIGRATE": "false",  # the app fixture made the tables
-            **{key: str(value) for key, value in settings.items()},
-        }
-        command = [GUNICORN, "--workers", str(workers), "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "wsgi:app"]
-        server = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
-        servers.append(server)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
+
+class Server:
+    """One gunicorn instance of the app on a loopback port, its stderr in a file."""
+
+    def __init__(self, tmp_path, database_url, secret, workers, settings):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / f"gunicorn-{self.port}.log"
+        env = {**os.environ, "DATABASE_URL": database_url, "JWT_SECRET_KEY": secret, **{k: str(v) for k, v in settings.items()}}
+        command = [GUNICORN, "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}", "wsgi:app"]
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
+        self.wait_until_healthy()
+
+    def wait_until_healthy(self, seconds=30):
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
-                if call("GET", f"{base}/health")[0] == 200:
-                    return base
+                if call("GET", f"{self.base}/health", timeout=5)[0] == 200:
+                    return
             except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"gunicorn on {base} did not start")
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"gunicorn on {self.base} is not healthy:\n{self.log.read_text()[-3000:]}")
 
+    def workers(self):
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return [int(pid) for pid in children]
+
+    def stop(self):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=40)
+
+
+@pytest.fixture
+def serve(app, config, tmp_path):
+    """Start gunicorn instances of the app (on the suite's database); stopped after the test."""
+    servers = []
+
+    def start(workers=1, database_url=None, **settings):
+        settings.setdefault("FLASK_AUTO_MIGRATE", "false")  # the app fixture made the tables
+        server = Server(tmp_path, database_url or config["SQLALCHEMY_DATABASE_URI"], config["JWT_SECRET_KEY"], workers, settings)
+        servers.append(server)
+        return server.base
+
+    start.servers = servers
     yield start
     for server in servers:
-        os.killpg(server.pid, signal.SIGTERM)
-    for server in servers:
-        server.wait(timeout=30)
+        server.stop()
+
+
+def signup(base, email, password="right password"):
+    status, _, body = call("POST", f"{base}/api/auth/signup", {"email": email, "password": password})
+    assert status == 201, body
+    return body
 
 
 def login(base, email, password):
     return call("POST", f"{base}/api/auth/login", {"email": email, "password": password})
 
 
-def test_redis_shares_one_login_limit_between_processes(serve):
+# --- several instances, one service ---
+
+
+def test_tokens_and_logout_hold_across_instances(serve):
+    first, second = serve(), serve()
+    pair = signup(first, "both@example.com")
+    assert call("GET", f"{second}/api/auth/me", headers=bearer(pair["access_token"]))[0] == 200
+    status, _, refreshed = call("POST", f"{second}/api/auth/refresh", headers=bearer(pair["refresh_token"]))
+    assert status == 200
+    assert call("POST", f"{first}/api/auth/refresh", headers=bearer(pair["refresh_token"]))[0] == 401
+
+    assert call("POST", f"{first}/api/auth/logout", headers=bearer(refreshed["access_token"]))[0] == 204
+    for base in (first, second):
+        assert call("GET", f"{base}/api/auth/me", headers=bearer(pair["access_token"]))[0] == 401
+        assert call("POST", f"{base}/api/auth/refresh", headers=bearer(refreshed["refresh_token"]))[0] == 401
+
+
+def test_concurrent_puts_with_one_if_match_exactly_one_wins(serve):
+    first, second = serve(workers=2), serve(workers=2)
+    headers = bearer(signup(first, "race@example.com")["access_token"])
+    for round in range(8):
+        status, created, task = call("POST", f"{first}/api/tasks", {"title": f"race {round}"}, headers)
+        assert status == 201
+        etag = created["ETag"]
+        start = threading.Barrier(2)
+        outcomes = []
+
+        def put(base, title):
+            start.wait()
+            outcomes.append(call("PUT", f"{base}/api/tasks/{task['id']}", {"title": title}, {**headers, "If-Match": etag}))
+
+        threads = [threading.Thread(target=put, args=(base, base)) for base in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(status for status, _, _ in outcomes) == [200, 412]
+        winner = next(body for status, _, body in outcomes if status == 200)
+        assert call("GET", f"{second}/api/tasks/{task['id']}", headers=headers)[2] == winner
+
+
+def test_redis_shares_one_login_limit_between_instances(serve):
     limits = {
         "RATELIMIT_STORAGE_URI": REDIS_URI,
         "FLASK_RATELIMIT_KEY_PREFIX": f"test-{uuid.uuid4().hex}",
         "FLASK_LOGIN_EMAIL_LIMIT": "4 per minute",
     }
     first, second = serve(**limits), serve(**limits)
-    assert call("POST", f"{first}/api/auth/signup", {"email": "shared@example.com", "password": "right password"})[0] == 201
-
+    signup(first, "shared@example.com")
     for base in (first, second, first, second):
         assert login(base, "shared@example.com", "wrong password")[0] == 401
-    # Four failures in all, two on each: both processes now refuse this email.
+    # Four failures in all, two on each: both instances now refuse this email.
     for base in (first, second):
         status, headers, body = login(base, "shared@example.com", "right password")
         assert status == 429
@@ -98,9 +173,213 @@ def test_redis_shares_one_login_limit_between_processes(serve):
 def test_memory_storage_counts_per_process(serve):
     limits = {"RATELIMIT_STORAGE_URI": "memory://", "FLASK_LOGIN_EMAIL_LIMIT": "2 per minute"}
     first, second = serve(**limits), serve(**limits)
-    assert call("POST", f"{first}/api/auth/signup", {"email": "apart@example.com", "password": "right password"})[0] == 201
+    signup(first, "apart@example.com")
     for _ in range(2):
         assert login(first, "apart@example.com", "wrong password")[0] == 401
     assert login(first, "apart@example.com", "right password")[0] == 429
     # The other process has its own count, as the README warns.
     assert login(second, "apart@example.com", "right password")[0] == 200
+
+
+# --- faults ---
+
+
+def write_load(base, headers, seconds, threads=4):
+    """POST tasks from several threads for a while; returns the acknowledged tasks and every outcome."""
+    acknowledged, outcomes, lock = [], Counter(), threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def writer(n):
+        i = 0
+        while time.monotonic() < deadline:
+            i += 1
+            body = {"title": f"w{n}-{i}", "tags": [f"t{n}", f"i{i % 7}", "load"]}
+            try:
+                status, _, task = call("POST", f"{base}/api/tasks", body, headers, timeout=10)
+            except OSError as error:  # the killed worker's connection
+                with lock:
+                    outcomes[type(error).__name__] += 1
+                continue
+            with lock:
+                outcomes[status] += 1
+                if status == 201:
+                    acknowledged.append(task)
+
+    pool = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    return pool, acknowledged, outcomes
+
+
+def test_a_worker_killed_under_write_load_loses_no_acknowledged_write(app, serve):
+    base = serve(workers=2, RATELIMIT_ENABLED="false")
+    server = serve.servers[-1]
+    headers = bearer(signup(base, "kill@example.com")["access_token"])
+    pool, acknowledged, outcomes = write_load(base, headers, seconds=4)
+    time.sleep(1.5)
+    victim = server.workers()[0]
+    os.kill(victim, signal.SIGKILL)
+    for thread in pool:
+        thread.join()
+
+    assert outcomes[201] > 20, outcomes
+    assert not [status for status in outcomes if isinstance(status, int) and status >= 500], outcomes
+    # Every acknowledged write is there, whole.
+    for task in acknowledged:
+        status, _, stored = call("GET", f"{base}/api/tasks/{task['id']}", headers=headers)
+        assert status == 200 and stored == task
+    # No task exists half-written: its tags and its tag rows agree, for every task.
+    with app.app_context():
+        rows = {}
+        for task_id, tag in db.session.execute(select(TaskTag.task_id, TaskTag.tag)):
+            rows.setdefault(task_id, set()).add(tag)
+        for task in db.session.scalars(select(Task)):
+            assert set(task.tags) == rows.get(task.id, set()) and len(task.tags) == 3
+    # The master replaced the worker.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (victim in server.workers() or len(server.workers()) != 2):
+        time.sleep(0.2)
+    assert victim not in server.workers() and len(server.workers()) == 2
+    assert call("GET", f"{base}/health")[0] == 200
+
+
+def test_sigterm_lets_in_flight_requests_finish(serve):
+    base = serve(workers=1)
+    server = serve.servers[-1]
+    token = signup(base, "term@example.com")["access_token"]
+    body = json.dumps({"title": "finished after SIGTERM"}).encode()
+    head = (
+        f"POST /api/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head + body[:10])  # the request is in flight: its body has not all arrived
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        sock.sendall(body[10:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
+    assert b"finished after SIGTERM" in answer
+    assert server.process.wait(timeout=35) == 0
+
+
+class Proxy:
+    """A TCP proxy on loopback in front of the database, which can be cut and restored."""
+
+    def __init__(self, target_port):
+        self.target = ("127.0.0.1", target_port)
+        self.port = free_port()
+        self.connections = []
+        self.listener = None
+        self.restore()
+
+    def restore(self):
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.listener.listen(64)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def cut(self):
+        """Refuse new connections and break the open ones, as a database host going away would."""
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone would not
+        self.listener.close()
+        for connection in self.connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            connection.close()
+        self.connections.clear()
+
+    def _accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.connections += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.close()
+                except OSError:
+                    pass
+
+
+def test_database_outage_is_a_503_and_the_service_recovers(serve, tmp_path):
+    target = create_app({"SQLALCHEMY_DATABASE_URI": POSTGRES_URL, "JWT_SECRET_KEY": "x" * 32, "AUTO_MIGRATE": False}, instance_path=str(tmp_path))
+    with target.app_context():
+        db.create_all()
+        proxy = Proxy(db.engine.url.port or 5432)
+        via_proxy = db.engine.url.set(port=proxy.port, query={"connect_timeout": "2"}).render_as_string(hide_password=False)
+        db.engine.dispose()
+    base = serve(workers=2, database_url=via_proxy)
+    email = f"outage-{uuid.uuid4().hex[:8]}@example.com"
+    headers = bearer(signup(base, email)["access_token"])
+    assert call("POST", f"{base}/api/tasks", {"title": "before"}, headers)[0] == 201
+
+    proxy.cut()
+    for _ in range(3):
+        status, _, body = call("GET", f"{base}/api/tasks", headers=headers)
+        assert status == 503
+        assert body == {"code": 503, "status": "Service Unavailable", "message": body["message"]}
+        status, _, body = call("GET", f"{base}/health")
+        assert status == 503 and body["database"] == "unavailable"
+
+    proxy.restore()  # and no restart of the service
+    deadline = time.monotonic() + 10
+    while call("GET", f"{base}/health")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status, _, tasks = call("GET", f"{base}/api/tasks", headers=headers)
+    assert status == 200 and [task["title"] for task in tasks] == ["before"]
+    assert call("POST", f"{base}/api/tasks", {"title": "after"}, headers)[0] == 201
+    proxy.cut()
+    with target.app_context():
+        db.session.execute(delete(User).where(User.email == email))
+        db.session.commit()
+        db.engine.dispose()
+
+
+def test_sixteen_concurrent_writers_never_see_a_5xx_or_a_locked_database(serve):
+    seconds = float(os.environ.get("TEST_WRITERS_SECONDS", 30))
+    base = serve(workers=2, RATELIMIT_ENABLED="false")
+    server = serve.servers[-1]
+    users = [bearer(signup(base, f"writer{n}@example.com")["access_token"]) for n in range(16)]
+    outcomes, lock = Counter(), threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def writer(headers):
+        while time.monotonic() < deadline:
+            status, _, task = call("POST", f"{base}/api/tasks", {"title": "write", "tags": ["a", "b"]}, headers)
+            steps = [status]
+            if status == 201:
+                steps.append(call("PATCH", f"{base}/api/tasks/{task['id']}", {"tags": ["c"], "priority": "high"}, headers)[0])
+                steps.append(call("PATCH", f"{base}/api/tasks/{task['id']}/complete", headers=headers)[0])
+                steps.append(call("DELETE", f"{base}/api/tasks/{task['id']}", headers=headers)[0])
+            with lock:
+                outcomes.update(steps)
+
+    pool = [threading.Thread(target=writer, args=(headers,)) for headers in users]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    assert set(outcomes) <= {200, 201, 204}, outcomes
+    assert outcomes[201] > 16
+    log = server.log.read_text()
+    assert "database is locked" not in log and "Traceback" not in log
