@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test fuzz upgrade clean
+.PHONY: run test fuzz bench upgrade clean
 
 # Rebuilt whenever requirements.txt is newer than the last install.
 $(VENV)/.installed: requirements.txt
@@ -26,6 +26,10 @@ test: $(VENV)/.installed
 # Schemathesis against a gunicorn server on loopback (FUZZ_DATABASE_URL picks the database).
 fuzz: $(VENV)/.installed
 	$(BIN)/python scripts/fuzz.py $(FUZZ_ARGS)
+
+# The benchmark against a bare Flask route (DATABASE_URL picks PostgreSQL; BENCH_ARGS="--seconds 10").
+bench: $(VENV)/.installed
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -6,6 +6,11 @@ Command-line options override all of these.
 
 import multiprocessing
 import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 # Sync workers: each serves one request at a time; two per core keeps the cores busy while
@@ -23,6 +28,15 @@ limit_request_line = 8190
 accesslog = None
 errorlog = "-"
 loglevel = "info"
+
+
+def on_starting(server):
+    """Apply the database migrations once, in a process of their own, before any worker starts;
+    the workers then skip it (and never load Alembic). FLASK_AUTO_MIGRATE=false skips it here too."""
+    if os.environ.get("FLASK_AUTO_MIGRATE", "true").lower() in {"false", "0"}:
+        return
+    subprocess.run([sys.executable, "-c", "from todo_api import create_app; create_app()"], cwd=HERE, check=True)
+    os.environ["FLASK_AUTO_MIGRATE"] = "false"  # workers inherit the master's environment
 
 
 def post_fork(server, worker):

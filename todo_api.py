@@ -22,6 +22,8 @@ from functools import wraps
 from http import HTTPStatus
 from pathlib import Path
 
+import click
+import ctypes
 import fcntl
 import flask_smorest
 import marshmallow as ma
@@ -39,7 +41,6 @@ from flask_jwt_extended import (
 )
 from flask_cors import CORS
 from flask_limiter import Limiter
-from flask_migrate import Migrate, upgrade
 from flask_limiter.util import get_remote_address
 from flask_smorest import abort
 from flask_sqlalchemy import SQLAlchemy
@@ -60,6 +61,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
     text,
     update,
@@ -177,10 +179,21 @@ class Base(DeclarativeBase):
 # expire_on_commit=False: a committed object is serialised without being read back.
 db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 jwt = JWTManager()
-# Batch mode: SQLite can only change a table by copying it.
-migrate = Migrate(directory=str(Path(__file__).with_name("migrations")), render_as_batch=True, compare_type=True)
 limiter = Limiter(get_remote_address)
 password_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)  # OWASP argon2id
+
+
+def return_large_blocks_to_the_os():
+    """argon2 takes 19 MiB per hash. glibc raises its mmap threshold after freeing a block that
+    large, so every later hash would stay in the heap: ~19 MB more per worker for good. A fixed
+    threshold makes blocks over 1 MiB mmapped, and given back when freed."""
+    try:
+        ctypes.CDLL(None).mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
+return_large_blocks_to_the_os()
 DUMMY_HASH = password_hasher.hash(secrets.token_hex(16))  # verified for unknown emails: same cost
 
 
@@ -1082,26 +1095,51 @@ def docs_asset(filename):
 # --- Migrations ---
 
 
+def init_migrations(app):
+    """Flask-Migrate, loaded only where migrations run (the `flask db` commands, the upgrade at
+    start): importing Alembic costs every process ~10 MB. Batch mode: SQLite can only change a
+    table by copying it."""
+    from flask_migrate import Migrate
+
+    if "migrate" not in app.extensions:
+        Migrate(app, db, directory=str(Path(__file__).with_name("migrations")), render_as_batch=True, compare_type=True)
+
+
 def migrate_database(app):
     """Bring the schema up to date at start: `flask db upgrade`, one process at a time.
 
     Workers and hosts starting together queue on a lock: a file lock beside the instance
     folder's SQLite database, a session-level advisory lock on PostgreSQL.
     """
+    init_migrations(app)
     with app.app_context():
         engine = db.engine
         if engine.dialect.name == "postgresql":
             with engine.connect() as connection:
                 connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
                 try:
-                    upgrade()
+                    upgrade_database(engine)
                 finally:
                     connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
         else:
             with open(Path(app.instance_path) / "migrate.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                upgrade()
+                upgrade_database(engine)
         engine.dispose()  # no connection crosses a fork into gunicorn's workers
+
+
+INITIAL_REVISION = "cc4d066f2606"  # the schema as it was before migrations existed
+
+
+def upgrade_database(engine):
+    """`flask db upgrade`; a database made before migrations existed is first marked as being
+    at the initial revision, which is exactly its schema, so it is upgraded, never recreated."""
+    from flask_migrate import stamp, upgrade
+
+    tables = inspect(engine).get_table_names()
+    if "users" in tables and "alembic_version" not in tables:
+        stamp(revision=INITIAL_REVISION)
+    upgrade()
 
 
 MIGRATION_LOCK_KEY = 0x7D0_0A91  # any constant shared by every process of this service
@@ -1227,7 +1265,8 @@ def create_app(test_config=None, instance_path=None):
 
     # extensions
     db.init_app(app)
-    migrate.init_app(app, db)
+    if click.get_current_context(silent=True):  # the flask command line: `flask db ...` needs it
+        init_migrations(app)
     jwt.init_app(app)
     limiter.init_app(app)
     api = Api(app)

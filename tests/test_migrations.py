@@ -8,7 +8,7 @@ from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect, text
 
-from todo_api import create_app, db, drop_everything
+from todo_api import create_app, db, drop_everything, init_migrations
 
 
 @pytest.fixture
@@ -16,6 +16,7 @@ def bare_app(config, tmp_path):
     """An app on a database with no tables at all; the suite's usual tables come back after."""
     drop_everything(config["SQLALCHEMY_DATABASE_URI"])
     app = create_app(config, instance_path=str(tmp_path / "instance"))
+    init_migrations(app)
     yield app
     drop_everything(config["SQLALCHEMY_DATABASE_URI"])
     with app.app_context():
@@ -54,3 +55,20 @@ def test_the_app_migrates_its_database_at_start(bare_app, config, tmp_path):
     assert again.test_client().post("/api/auth/login", json={"email": "m@example.com", "password": "password123"}).status_code == 200
     with again.app_context():
         assert db.session.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+
+
+@pytest.mark.config(AUTO_MIGRATE=True)
+def test_a_database_from_before_migrations_is_adopted_with_its_data(config, tmp_path):
+    drop_everything(config["SQLALCHEMY_DATABASE_URI"])
+    before = create_app({**config, "AUTO_MIGRATE": False}, instance_path=str(tmp_path / "old"))
+    with before.app_context():
+        db.create_all()  # as the service made its tables before it had migrations
+    assert before.test_client().post("/api/auth/signup", json={"email": "old@example.com", "password": "password123"}).status_code == 201
+
+    after = create_app(config, instance_path=str(tmp_path / "new"))
+    assert schema_differences(after) == []
+    assert after.test_client().post("/api/auth/login", json={"email": "old@example.com", "password": "password123"}).status_code == 200
+    drop_everything(config["SQLALCHEMY_DATABASE_URI"])
+    with after.app_context():
+        db.create_all()
+        db.engine.dispose()

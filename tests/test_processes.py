@@ -383,3 +383,12 @@ def test_sixteen_concurrent_writers_never_see_a_5xx_or_a_locked_database(serve):
     assert outcomes[201] > 16
     log = server.log.read_text()
     assert "database is locked" not in log and "Traceback" not in log
+
+
+def test_gunicorn_migrates_a_fresh_database_before_its_workers_start(serve, tmp_path):
+    base = serve(workers=2, database_url=f"sqlite:///{tmp_path / 'fresh.db'}", FLASK_AUTO_MIGRATE="true")
+    assert signup(base, "fresh@example.com")["user"]["email"] == "fresh@example.com"
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'fresh.db'}", "JWT_SECRET_KEY": "x" * 32, "AUTO_MIGRATE": False}, instance_path=str(tmp_path))
+    with app.app_context():
+        assert db.session.execute(db.text("SELECT count(*) FROM alembic_version")).scalar() == 1
+        db.engine.dispose()

@@ -1,0 +1,321 @@
+"""Benchmark todo-api against a bare Flask JSON route served the same way, in the same run.
+
+Starts gunicorn (2 workers, rate limits off) on loopback for the app and for the floor
+(scripts/bench_floor.py), seeds data, drives each endpoint with a load generator (wrk when
+installed, else a Python client), and prints req/s, p50, p99, server CPU per request (master
+and workers from /proc, plus PostgreSQL's backends on PostgreSQL) and its ratio to the floor,
+RSS per worker, and the targets. SQLite by default; PostgreSQL with DATABASE_URL.
+
+    .venv/bin/python scripts/bench.py [--seconds 5] [--scale-tasks 1000000]
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BIN = Path(sys.executable).parent
+TICKS = os.sysconf("SC_CLK_TCK")
+PASSWORD = "benchmark password"
+SECRET = "bench-secret-key-that-is-long-enough-0123456789"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Gunicorn:
+    def __init__(self, target, env, workers=2, extra=()):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        # --max-requests 0: no worker is recycled mid-measurement (its CPU time would vanish with it).
+        command = [BIN / "gunicorn", "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}", "--max-requests", "0", "--log-level", "warning", *extra, target]
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.base + "/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit(f"{target} did not start")
+
+    def workers(self):
+        return [int(pid) for pid in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()]
+
+    def pids(self):
+        return [self.process.pid, *self.workers()]
+
+    def stop(self):
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=30)
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+def rss_mb(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def request(method, url, body=None, headers=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data, {"Content-Type": "application/json", **(headers or {})}, method=method)
+    with urllib.request.urlopen(req, timeout=30) as response:
+        raw = response.read()
+        return json.loads(raw) if raw else None
+
+
+# --- load generators ---
+
+WRK_SCRIPT = """
+wrk.method = "{method}"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+{headers}
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %f %f\\n", summary.requests, summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def run_wrk(url, method, body, headers, seconds, connections, tmp):
+    script = Path(tmp) / "request.lua"
+    header_lines = "\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items())
+    script.write_text(WRK_SCRIPT.format(method=method, body=json.dumps(json.dumps(body)) if body is not None else "nil", headers=header_lines))
+    out = subprocess.run(
+        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "-s", str(script), url], capture_output=True, text=True, timeout=seconds + 30
+    ).stdout
+    line = next(line for line in out.splitlines() if line.startswith("RESULT"))
+    _, count, errors, p50, p99 = line.split()
+    return int(count), int(errors), float(p50) / 1000, float(p99) / 1000
+
+
+def run_python(url, method, body, headers, seconds, connections, _tmp):
+    latencies, errors, lock = [], [0], threading.Lock()
+    deadline = time.monotonic() + seconds
+    data = json.dumps(body).encode() if body is not None else None
+
+    def client():
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            try:
+                req = urllib.request.Request(url, data, {"Content-Type": "application/json", **headers}, method=method)
+                with urllib.request.urlopen(req, timeout=30) as response:
+                    response.read()
+                ok = True
+            except OSError:
+                ok = False
+            with lock:
+                latencies.append((time.perf_counter() - started) * 1000) if ok else errors.__setitem__(0, errors[0] + 1)
+
+    threads = [threading.Thread(target=client) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    latencies.sort()
+    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0.0  # noqa: E731
+    return len(latencies), errors[0], p(0.50), p(0.99)
+
+
+# --- seeding ---
+
+
+def seed_scale(database_url, big_user_tasks, total_tasks):
+    """A user with big_user_tasks tasks among total_tasks, written straight into the tables."""
+    from sqlalchemy import insert
+
+    from todo_api import PRIORITIES, Task, TaskTag, User, create_app, db, password_hasher
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "JWT_SECRET_KEY": SECRET, "AUTO_MIGRATE": False}, instance_path=tempfile.mkdtemp())
+    password_hash = password_hasher.hash(PASSWORD)
+    others = 999
+    per_other = (total_tasks - big_user_tasks) // others
+    with app.app_context():
+        big = User(email="big@bench.example.com", name="big", password_hash=password_hash)
+        db.session.add(big)
+        db.session.flush()
+        owners = [(big.id, big_user_tasks)]
+        for n in range(others):
+            user = User(email=f"other{n}@bench.example.com", name="", password_hash=password_hash)
+            db.session.add(user)
+            db.session.flush()
+            owners.append((user.id, per_other))
+        db.session.commit()
+        start = datetime(2026, 1, 1)
+        rng = random.Random(7)
+        rows, tags = [], []
+        next_id = (db.session.scalar(db.select(db.func.max(Task.id))) or 0) + 1
+
+        def flush():
+            db.session.execute(insert(Task.__table__), rows)
+            db.session.execute(insert(TaskTag.__table__), tags)
+            db.session.commit()
+            rows.clear()
+            tags.clear()
+
+        for user_id, count in owners:
+            for i in range(count):
+                created = start + timedelta(seconds=i)
+                title = f"Task {i} of user {user_id}"
+                tag = f"tag{i % 10}"
+                rows.append({
+                    "id": next_id, "user_id": user_id, "title": title, "description": "", "completed": i % 3 == 0,
+                    "completed_at": None, "priority": rng.randrange(3), "due_date": created + timedelta(days=rng.randrange(60)) if i % 2 else None,
+                    "tags": [tag], "created_at": created, "updated_at": created, "version": 1,
+                    "title_key": title.lower(), "search_key": f"{title}\x1f".lower(),
+                })  # fmt: skip
+                tags.append({"task_id": next_id, "tag": tag})
+                next_id += 1
+                if len(rows) >= 20_000:
+                    flush()
+        flush()
+        assert PRIORITIES
+        if db.engine.dialect.name == "postgresql":
+            db.session.execute(db.text(f"SELECT setval('tasks_id_seq', {next_id})"))
+            db.session.execute(db.text("ANALYZE"))
+        else:
+            db.session.execute(db.text("ANALYZE"))
+        db.session.commit()
+        db.engine.dispose()
+
+
+def postgres_backends(database_url):
+    """PIDs of the PostgreSQL backends serving the app (application_name todo-api)."""
+    from sqlalchemy import create_engine, text
+
+    from todo_api import database_uri
+
+    engine = create_engine(database_uri(database_url))
+    with engine.connect() as connection:
+        pids = [row[0] for row in connection.execute(text("SELECT pid FROM pg_stat_activity WHERE application_name = 'todo-api'"))]
+    engine.dispose()
+    return pids
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per endpoint")
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--scale-tasks", type=int, default=1_000_000, help="tasks in the scale data set (0: skip)")
+    parser.add_argument("--big-user-tasks", type=int, default=100_000)
+    parser.add_argument("--deep-page", type=int, default=2000, help="the big user's page compared with their page 1")
+    parser.add_argument("--python-client", action="store_true", help="use the Python client even if wrk is installed")
+    args = parser.parse_args()
+    generate = run_python if args.python_client or not shutil.which("wrk") else run_wrk
+
+    from todo_api import drop_everything
+
+    with tempfile.TemporaryDirectory(prefix="todo-bench-") as tmp:
+        database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{Path(tmp) / 'bench.db'}"
+        postgres = database_url.startswith("postgres")
+        drop_everything(database_url)
+        env = {"DATABASE_URL": database_url, "JWT_SECRET_KEY": SECRET, "RATELIMIT_ENABLED": "false"}
+        app = Gunicorn("wsgi:app", env)  # migrates the empty database at start
+        floor = Gunicorn("bench_floor:app", {"FLASK_AUTO_MIGRATE": "false"}, extra=["--pythonpath", "scripts"])
+        try:
+            if args.scale_tasks:
+                print(f"seeding {args.scale_tasks:,} tasks ...", file=sys.stderr, flush=True)
+                started = time.monotonic()
+                seed_scale(database_url, args.big_user_tasks, args.scale_tasks)
+                print(f"seeded in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+            small = request("POST", app.base + "/api/auth/signup", {"email": "small@bench.example.com", "password": PASSWORD})
+            small_headers = {"Authorization": f"Bearer {small['access_token']}"}
+            for n in range(100):
+                task = request("POST", app.base + "/api/tasks", {"title": f"Task {n}", "tags": ["work", f"t{n % 5}"], "priority": "high"}, small_headers)
+            writer = request("POST", app.base + "/api/auth/signup", {"email": "writer@bench.example.com", "password": PASSWORD})
+            writer_headers = {"Authorization": f"Bearer {writer['access_token']}"}
+
+            scenarios = [
+                ("floor: bare Flask JSON route", floor, "GET", "/", None, {}),
+                ("GET /api/tasks (page of 20 tagged)", app, "GET", "/api/tasks", None, small_headers),
+                ("POST /api/tasks", app, "POST", "/api/tasks", {"title": "Benchmark task", "tags": ["bench", "load"]}, writer_headers),
+                ("GET /api/tasks/<id>", app, "GET", f"/api/tasks/{task['id']}", None, small_headers),
+                ("POST /api/auth/login (argon2id)", app, "POST", "/api/auth/login", {"email": "small@bench.example.com", "password": PASSWORD}, {}),
+            ]
+            if args.scale_tasks:
+                big = request("POST", app.base + "/api/auth/login", {"email": "big@bench.example.com", "password": PASSWORD})
+                big_headers = {"Authorization": f"Bearer {big['access_token']}"}
+                scenarios += [
+                    ("scale: 100-task user, page 1", app, "GET", "/api/tasks", None, small_headers),
+                    (f"scale: {args.big_user_tasks:,}-task user, page 1", app, "GET", "/api/tasks", None, big_headers),
+                    (f"scale: {args.big_user_tasks:,}-task user, page {args.deep_page:,}", app, "GET", f"/api/tasks?page={args.deep_page}", None, big_headers),
+                ]
+
+            results = {}
+            for name, server, method, path, body, headers in scenarios:
+                generate(server.base + path, method, body, headers, 1, args.connections, tmp)  # warm up
+                pids = server.pids() + (postgres_backends(database_url) if postgres and server is app else [])
+                before = cpu_seconds(pids)
+                count, errors, p50, p99 = generate(server.base + path, method, body, headers, args.seconds, args.connections, tmp)
+                used = cpu_seconds(pids) - before
+                results[name] = {
+                    "requests": count, "errors": errors, "rps": count / args.seconds, "p50": p50, "p99": p99,
+                    "cpu_ms": used * 1000 / max(count, 1),
+                }  # fmt: skip
+            rss = [rss_mb(pid) for pid in app.workers()]
+        finally:
+            app.stop()
+            floor.stop()
+
+    floor_cpu = results["floor: bare Flask JSON route"]["cpu_ms"]
+    print(f"\ntodo-api benchmark — {'PostgreSQL' if postgres else 'SQLite'}, gunicorn 2 workers, {generate.__name__[4:]} client, "
+          f"{args.connections} connections, {args.seconds:g} s per endpoint, {os.cpu_count()} cores\n")  # fmt: skip
+    print(f"{'endpoint':44} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} {'x floor':>8} {'errors':>7}")
+    for name, r in results.items():
+        print(f"{name:44} {r['rps']:8.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['cpu_ms']:11.3f} {r['cpu_ms'] / floor_cpu:8.2f} {r['errors']:7d}")
+    print(f"\nRSS per worker after the run: {', '.join(f'{mb:.1f} MB' for mb in rss)}\n")
+
+    ratio = lambda name: results[name]["cpu_ms"] / floor_cpu  # noqa: E731
+    checks = [
+        ("GET /api/tasks ≤ 4.0× floor", ratio("GET /api/tasks (page of 20 tagged)"), 4.0),
+        ("POST /api/tasks ≤ 4.0× floor", ratio("POST /api/tasks"), 4.0),
+        ("GET /api/tasks/<id> ≤ 3.0× floor", ratio("GET /api/tasks/<id>"), 3.0),
+        ("RSS per worker ≤ 64 MB", max(rss), 64.0),
+    ]
+    login_rps = results["POST /api/auth/login (argon2id)"]["rps"]
+    if args.scale_tasks:
+        names = [name for name in results if name.startswith("scale:")]
+        small_page, big_page, big_last = (results[name]["cpu_ms"] for name in names)
+        checks += [
+            ("scale: big user's page 1 ≤ 2.5× 100-task user's page 1", big_page / small_page, 2.5),
+            (f"scale: big user's page {args.deep_page:,} ≤ 1.5× their page 1", big_last / big_page, 1.5),
+        ]
+    print(f"{'target':58} {'measured':>9}  verdict")
+    for name, value, limit in checks:
+        print(f"{name:58} {value:9.2f}  {'met' if value <= limit else 'MISSED'}")
+    print(f"{'POST /api/auth/login ≥ 20 per second':58} {login_rps:9.1f}  {'met' if login_rps >= 20 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
