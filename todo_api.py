@@ -25,6 +25,7 @@ from pathlib import Path
 import click
 import ctypes
 import fcntl
+import functools
 import flask_smorest
 import marshmallow as ma
 from argon2 import PasswordHasher
@@ -57,6 +58,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -83,7 +85,7 @@ class Config:
     # A relative SQLite path is resolved inside the instance folder by Flask-SQLAlchemy.
     SQLALCHEMY_DATABASE_URI = "sqlite:///todo.db"
     # hide_parameters: SQL errors never carry values (a password hash, a token id) into logs.
-    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True, "hide_parameters": True}
+    SQLALCHEMY_ENGINE_OPTIONS = {"hide_parameters": True}
     AUTO_MIGRATE = True  # apply migrations at start (one process at a time); see create_app
     DB_POOL_SIZE = 5  # connections kept open per process
     DB_MAX_OVERFLOW = 5  # extra connections under bursts
@@ -92,6 +94,7 @@ class Config:
     JWT_SECRET_KEY = None  # generated once into the instance folder when not configured
     JWT_TOKEN_LOCATION = ["headers"]
     JWT_COOKIE_CSRF_PROTECT = False  # no cookies, so no CSRF claim in the tokens
+    JWT_ENCODE_NBF = False  # "nbf" would equal "iat": shorter tokens are parsed faster
     JWT_ACCESS_TOKEN_EXPIRES = 900
     JWT_REFRESH_TOKEN_EXPIRES = 2_592_000
     MAX_CONTENT_LENGTH = 1024 * 1024
@@ -511,12 +514,16 @@ class TokenPairSchema(ma.Schema):
 
 
 class TaskSchema(ma.Schema):
+    def get_attribute(self, obj, attr, default):
+        # Rows and ORM objects both read as attributes; marshmallow would try obj[attr] first.
+        return getattr(obj, attr, default)
+
     id = fields.Integer()
     title = fields.String()
     description = fields.String()
     completed = fields.Boolean()
     completed_at = UTCDateTime(allow_none=True)
-    priority = fields.String(metadata={"enum": list(PRIORITIES)})
+    priority = fields.Function(lambda task: PRIORITIES[task.priority_rank], metadata={"type": "string", "enum": list(PRIORITIES)})
     due_date = UTCDateTime(allow_none=True)
     tags = fields.List(fields.String())
     created_at = UTCDateTime()
@@ -700,10 +707,25 @@ def load_session_user(_header, claims):
         user_id = int(claims["sub"])
     except (KeyError, TypeError, ValueError):
         return None
-    query = select(User).join(UserSession).where(User.id == user_id, UserSession.id == str(claims.get("sid")))
-    if claims.get("type") == "refresh":
-        query = query.where(UserSession.refresh_jti == str(claims.get("jti")))
-    return db.session.scalar(query)
+    refresh = claims.get("type") == "refresh"
+    params = {"user_id": user_id, "sid": str(claims.get("sid")), "jti": str(claims.get("jti"))}
+    # A row, not an ORM object: most requests only need the id. Views that change the user load it.
+    return db.session.connection().execute(REFRESH_SESSION_USER if refresh else SESSION_USER, params).first()
+
+
+# Statements built once; requests bind values, and SQLAlchemy reuses the compiled SQL.
+users_table, sessions_table = User.__table__, UserSession.__table__
+SESSION_USER = (
+    select(users_table.c.id, users_table.c.email, users_table.c.name, users_table.c.created_at)
+    .join(sessions_table)
+    .where(users_table.c.id == bindparam("user_id"), sessions_table.c.id == bindparam("sid"))
+)
+REFRESH_SESSION_USER = SESSION_USER.where(sessions_table.c.refresh_jti == bindparam("jti"))
+
+
+def new_token_id():
+    """128 random bits, URL-safe: session ids and token ids (short, for short tokens)."""
+    return secrets.token_urlsafe(16)
 
 
 def refresh_lifetime():
@@ -715,7 +737,7 @@ def token_pair(user, session_id, refresh_jti, *, fresh):
     claims = {"sid": session_id}
     return (
         {
-            "access_token": create_access_token(user.id, fresh=fresh, additional_claims=claims),
+            "access_token": create_access_token(user.id, fresh=fresh, additional_claims={**claims, "jti": new_token_id()}),
             "refresh_token": create_refresh_token(user.id, additional_claims={**claims, "jti": refresh_jti}),
             "token_type": "Bearer",
             "expires_in": current_app.config["JWT_ACCESS_TOKEN_EXPIRES"],
@@ -728,9 +750,7 @@ def token_pair(user, session_id, refresh_jti, *, fresh):
 def issue_token_pair(user):
     """Start a new session for a user who just proved their password."""
     db.session.flush()  # the user's id
-    session = UserSession(
-        id=secrets.token_hex(16), user_id=user.id, refresh_jti=secrets.token_hex(16), expires_at=utcnow() + refresh_lifetime()
-    )
+    session = UserSession(id=new_token_id(), user_id=user.id, refresh_jti=new_token_id(), expires_at=utcnow() + refresh_lifetime())
     db.session.add(session)
     return token_pair(user, session.id, session.refresh_jti, fresh=True)
 
@@ -758,7 +778,7 @@ NO_AUTH = {"security": []}
 
 @auth.route("/signup", methods=["POST"])
 @limiter.limit(config_limit("SIGNUP_ADDRESS_LIMIT"))
-@auth.arguments(SignupSchema)
+@auth.arguments(SignupSchema())
 @auth.response(201, TokenPairSchema)
 @auth.errors(400, 409, 413, 415, 429)
 @auth.doc(**NO_AUTH)
@@ -779,7 +799,7 @@ def signup(data):
 @auth.route("/login", methods=["POST"])
 @limiter.limit(config_limit("LOGIN_ADDRESS_LIMIT"))
 @limiter.limit(config_limit("LOGIN_EMAIL_LIMIT"), key_func=login_email_key, deduct_when=lambda r: r.status_code == 401)
-@auth.arguments(LoginSchema)
+@auth.arguments(LoginSchema())
 @auth.response(200, TokenPairSchema)
 @auth.errors(400, 401, 413, 415, 429)
 @auth.doc(**NO_AUTH)
@@ -803,7 +823,7 @@ def login(data):
 def refresh():
     """Trade a refresh token for a new pair"""
     claims = get_jwt()
-    new_jti = secrets.token_hex(16)
+    new_jti = new_token_id()
     # Compare-and-set: of two concurrent refreshes with one token, only one wins.
     rotated = db.session.execute(
         update(UserSession)
@@ -838,14 +858,15 @@ class Me(MethodView):
         return current_user
 
     @jwt_required()
-    @auth.arguments(ProfileSchema)
+    @auth.arguments(ProfileSchema())
     @auth.response(200, UserSchema)
     @auth.errors(400, 401, 413, 415)
     def patch(self, data):
         """Change your name"""
-        current_user.name = data["name"]
+        user = db.session.get(User, current_user.id)
+        user.name = data["name"]
         db.session.commit()
-        return current_user
+        return user
 
     @jwt_required(fresh=True)
     @auth.response(204)
@@ -859,17 +880,18 @@ class Me(MethodView):
 
 @auth.route("/password", methods=["POST"])
 @jwt_required()
-@auth.arguments(PasswordChangeSchema)
+@auth.arguments(PasswordChangeSchema())
 @auth.response(200, TokenPairSchema)
 @auth.errors(400, 401, 403, 413, 415)
 @auth.doc(description="Every earlier token of this user is revoked; a new session starts.")
 def change_password(data):
     """Change your password"""
-    if not current_user.verify_password(data["current_password"]):
+    user = db.session.get(User, current_user.id)
+    if not user.verify_password(data["current_password"]):
         abort(403, message="The current password is wrong.")
-    current_user.set_password(data["new_password"])
-    db.session.execute(delete(UserSession).where(UserSession.user_id == current_user.id))
-    body, headers = issue_token_pair(current_user)
+    user.set_password(data["new_password"])
+    db.session.execute(delete(UserSession).where(UserSession.user_id == user.id))
+    body, headers = issue_token_pair(user)
     db.session.commit()
     return body, headers
 
@@ -888,40 +910,61 @@ SORT_COLUMNS = {
 }
 
 
+# Reads select rows of these columns (named as TaskSchema reads them): cheaper than ORM objects.
+tasks_table = Task.__table__
+TASK_COLUMNS = [column.label("priority_rank") if column.name == "priority" else column for column in tasks_table.c if column.name not in ("user_id", "title_key", "search_key")]
+
+# Filters as conditions on bound parameters of the same names, and how an argument binds.
+FILTER_CONDITIONS = {
+    "completed": Task.completed == bindparam("completed"),
+    "priority": Task.priority_rank == bindparam("priority"),
+    "tag": Task.tag_rows.any(TaskTag.tag == bindparam("tag")),
+    "q": Task.search_key.like(bindparam("q"), escape="/"),
+    "due_before": Task.due_date < bindparam("due_before"),
+    "due_after": Task.due_date > bindparam("due_after"),
+}
+FILTER_VALUES = {
+    "priority": PRIORITIES.index,
+    "tag": str.lower,
+    "q": lambda q: "%" + q.lower().replace("/", "//").replace("%", "/%").replace("_", "/_") + "%",  # a literal substring
+}
+
+
+@functools.cache
+def listing_statements(filters, sort):
+    """The page and count statements for one shape of listing (which filters, which order),
+    built once per process: a request only binds its values."""
+    conditions = [Task.user_id == bindparam("user_id"), *(FILTER_CONDITIONS[name] for name in sorted(filters))]
+    key = sort.lstrip("-")
+    column, tie = SORT_COLUMNS[key], Task.id
+    order = [column.desc(), tie.desc()] if sort.startswith("-") else [column.asc(), tie.asc()]
+    if key == "due_date":
+        order[0] = order[0].nulls_last()
+    page = select(*TASK_COLUMNS).where(*conditions).order_by(*order).limit(bindparam("size")).offset(bindparam("offset"))
+    return page, select(func.count()).select_from(tasks_table).where(*conditions)
+
+
 def select_tasks(user_id, args):
     """One page of a user's tasks for validated query args, and the total: one SQL statement
     for the page, and one for the count only when the page cannot tell it."""
-    conditions = [Task.user_id == user_id]
-    if "completed" in args:
-        conditions.append(Task.completed == args["completed"])
-    if "priority" in args:
-        conditions.append(Task.priority_rank == PRIORITIES.index(args["priority"]))
-    if "tag" in args:
-        conditions.append(Task.tag_rows.any(TaskTag.tag == args["tag"].lower()))
-    if "q" in args:
-        conditions.append(Task.search_key.contains(args["q"].lower(), autoescape=True))
-    if "due_before" in args:
-        conditions.append(Task.due_date < args["due_before"])
-    if "due_after" in args:
-        conditions.append(Task.due_date > args["due_after"])
-
-    key = args["sort"].lstrip("-")
-    descending = args["sort"].startswith("-")
-    column, tie = SORT_COLUMNS[key], Task.id
-    order = [column.desc(), tie.desc()] if descending else [column.asc(), tie.asc()]
-    if key == "due_date":
-        order[0] = order[0].nulls_last()
-
+    filters = FILTER_CONDITIONS.keys() & args.keys()
+    page_query, count_query = listing_statements(frozenset(filters), args["sort"])
+    params = {name: FILTER_VALUES.get(name, lambda value: value)(args[name]) for name in filters}
+    params["user_id"] = user_id
     size, offset = args["page_size"], (args["page"] - 1) * args["page_size"]
-    page = db.session.scalars(select(Task).where(*conditions).order_by(*order).limit(size).offset(offset)).all()
+    page = db.session.connection().execute(page_query, {**params, "size": size, "offset": offset}).all()
     if 0 < len(page) < size or (offset == 0 and not page):
         return page, offset + len(page)
-    return page, db.session.scalar(select(func.count()).select_from(Task).where(*conditions))
+    return page, db.session.connection().execute(count_query, params).scalar()
+
+
+# flask-smorest's metadata depends on three numbers only; it builds a schema each call.
+pagination_metadata = functools.lru_cache(maxsize=4096)(Blueprint._make_pagination_metadata)
 
 
 def pagination_headers(args, total):
     """flask-smorest's X-Pagination, and an RFC 8288 Link header that keeps the query's filters."""
-    meta = Blueprint._make_pagination_metadata(args["page"], args["page_size"], total)
+    meta = pagination_metadata(args["page"], args["page_size"], total)
     headers = {"X-Pagination": json.dumps(meta)}
     pages = {"first": "first_page", "prev": "previous_page", "next": "next_page", "last": "last_page"}
     query = request.args.to_dict()
@@ -935,11 +978,20 @@ def pagination_headers(args, total):
     return headers
 
 
-def get_own_task_or_404(task_id):
-    """The caller's task; another user's task, or an id no database holds, is a 404."""
+OWN_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"))
+OWN_TASK_ROW = select(*TASK_COLUMNS).where(tasks_table.c.id == bindparam("task_id"), tasks_table.c.user_id == bindparam("user_id"))
+
+
+def get_own_task_or_404(task_id, statement=OWN_TASK):
+    """The caller's task, as an ORM object to change (or, with OWN_TASK_ROW, a row to read);
+    another user's task, or an id no database holds, is a 404."""
     task = None
     if task_id <= MAX_ID:
-        task = db.session.scalar(select(Task).where(Task.id == task_id, Task.user_id == current_user.id))
+        params = {"task_id": task_id, "user_id": current_user.id}
+        if statement is OWN_TASK:
+            task = db.session.scalar(statement, params)
+        else:
+            task = db.session.connection().execute(statement, params).first()
     if task is None:
         abort(404, message="Task not found.")
     return task
@@ -972,7 +1024,7 @@ LIST_HEADERS = {
 class Tasks(MethodView):
     decorators = [caller_owns_path, jwt_required()]  # the last one runs first
 
-    @tasks.arguments(TaskQueryArgsSchema, location="query")
+    @tasks.arguments(TaskQueryArgsSchema(), location="query")
     @tasks.response(200, TaskSchema(many=True), headers=LIST_HEADERS)
     def get(self, args):
         """List your tasks: filter, search, sort and page"""
@@ -980,7 +1032,7 @@ class Tasks(MethodView):
         return page, pagination_headers(args, total)
 
     @tasks.etag
-    @tasks.arguments(TaskInSchema)
+    @tasks.arguments(TaskInSchema())
     @tasks.response(201, TaskSchema, headers={"Location": {"schema": {"type": "string"}}})
     @tasks.errors(400, 413, 415)
     def post(self, data):
@@ -1002,12 +1054,12 @@ class TaskById(MethodView):
     @tasks.errors(404)
     def get(self, task_id):
         """Show a task"""
-        task = get_own_task_or_404(task_id)
+        task = get_own_task_or_404(task_id, OWN_TASK_ROW)
         tasks.set_etag(etag_data(task))
         return task
 
     @tasks.etag
-    @tasks.arguments(TaskInSchema)
+    @tasks.arguments(TaskInSchema())
     @tasks.response(200, TaskSchema)
     @tasks.errors(400, 404, 413, 415)
     @tasks.doc(description="Replaces every writable field: omitted optional fields go back to their defaults.")
@@ -1016,7 +1068,7 @@ class TaskById(MethodView):
         return update_task(task_id, data)
 
     @tasks.etag
-    @tasks.arguments(TaskPatchSchema)
+    @tasks.arguments(TaskPatchSchema())
     @tasks.response(200, TaskSchema)
     @tasks.errors(400, 404, 413, 415)
     def patch(self, data, task_id):
@@ -1224,8 +1276,11 @@ def finish_request(response):
 def engine_options(config):
     options = {**config["SQLALCHEMY_ENGINE_OPTIONS"]}
     if not config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
-        # SQLite files get SQLAlchemy's default pool; sizes matter for a database server.
-        options.update(pool_size=config["DB_POOL_SIZE"], max_overflow=config["DB_MAX_OVERFLOW"], pool_timeout=config["DB_POOL_TIMEOUT"])
+        # A database server: a bounded pool, and a ping before reusing a connection so one the
+        # server or the network dropped is replaced (SQLite files get the defaults, no ping).
+        options.update(
+            pool_pre_ping=True, pool_size=config["DB_POOL_SIZE"], max_overflow=config["DB_MAX_OVERFLOW"], pool_timeout=config["DB_POOL_TIMEOUT"]
+        )
     if config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
         options["connect_args"] = {"application_name": "todo-api", **options.get("connect_args", {})}
     return options
