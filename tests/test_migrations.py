@@ -8,7 +8,7 @@ from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect, text
 
-from todo_api import create_app, db, drop_everything, init_migrations
+from todo_api import INITIAL_REVISION, create_app, db, drop_everything, init_migrations
 
 
 @pytest.fixture
@@ -61,8 +61,12 @@ def test_the_app_migrates_its_database_at_start(bare_app, config, tmp_path):
 def test_a_database_from_before_migrations_is_adopted_with_its_data(config, tmp_path):
     drop_everything(config["SQLALCHEMY_DATABASE_URI"])
     before = create_app({**config, "AUTO_MIGRATE": False}, instance_path=str(tmp_path / "old"))
+    init_migrations(before)
     with before.app_context():
-        db.create_all()  # as the service made its tables before it had migrations
+        # The schema as the service made it before it had migrations: no alembic_version.
+        upgrade(revision=INITIAL_REVISION)
+        db.session.execute(text("DROP TABLE alembic_version"))
+        db.session.commit()
     assert before.test_client().post("/api/auth/signup", json={"email": "old@example.com", "password": "password123"}).status_code == 201
 
     after = create_app(config, instance_path=str(tmp_path / "new"))
