@@ -8,6 +8,9 @@ OpenAPI at /openapi.json and browsable at /docs.
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
+import functools
 import json
 import logging
 import math
@@ -18,21 +21,19 @@ import sqlite3
 import time
 import uuid
 import warnings
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from http import HTTPStatus
 from pathlib import Path
 
 import click
-import ctypes
-import fcntl
-import functools
 import flask_smorest
 import marshmallow as ma
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import Flask, current_app, g, has_request_context, jsonify, request, send_from_directory, url_for
 from flask.views import MethodView
+from flask_cors import CORS
 from flask_jwt_extended import (
     JWTManager,
     create_access_token,
@@ -41,7 +42,6 @@ from flask_jwt_extended import (
     get_jwt,
     jwt_required,
 )
-from flask_cors import CORS
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_smorest import abort
@@ -49,13 +49,13 @@ from flask_sqlalchemy import SQLAlchemy
 from marshmallow import fields, validate
 from sqlalchemy import (
     JSON,
-    MetaData,
     BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    MetaData,
     SmallInteger,
     String,
     Text,
@@ -236,7 +236,7 @@ PRIORITIES = ("low", "medium", "high")  # stored as their index, so they sort lo
 
 def utcnow():
     """Now in UTC, naive: every stored time is naive UTC."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class User(db.Model):
@@ -406,12 +406,12 @@ class UTCDateTime(fields.DateTime):
     """ISO 8601; input without an offset is UTC; output always carries +00:00."""
 
     def _serialize(self, value, attr, obj, **kwargs):
-        return None if value is None else value.replace(tzinfo=timezone.utc).isoformat()
+        return None if value is None else value.replace(tzinfo=UTC).isoformat()
 
     def _deserialize(self, value, attr, data, **kwargs):
         value = super()._deserialize(value, attr, data, **kwargs)
         try:
-            value = value.astimezone(timezone.utc) if value.tzinfo else value
+            value = value.astimezone(UTC) if value.tzinfo else value
         except OverflowError:
             raise ma.ValidationError("Date is out of range.") from None
         return value.replace(tzinfo=None)
@@ -473,7 +473,7 @@ class TaskInSchema(StrictSchema):
 
     title = Text(required=True, strip=True, validate=validate.Length(1, 200))
     description = Text(
-        allow_none=True, load_default="", validate=validate.Length(max=2000), metadata={"description": "null is taken as \"\""}
+        allow_none=True, load_default="", validate=validate.Length(max=2000), metadata={"description": 'null is taken as ""'}
     )
     completed = StrictBoolean(load_default=False)
     priority = fields.String(load_default="medium", validate=validate.OneOf(PRIORITIES))
@@ -506,9 +506,7 @@ class TaskQueryArgsSchema(StrictSchema):
     q = Text(validate=validate.Length(1, 200))
     due_before = UTCDateTime()
     due_after = UTCDateTime()
-    sort = fields.String(
-        load_default="-created_at", validate=validate.OneOf([*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)])
-    )
+    sort = fields.String(load_default="-created_at", validate=validate.OneOf([*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)]))
 
 
 class UserSchema(ma.Schema):
@@ -925,7 +923,11 @@ SORT_COLUMNS = {
 
 # Reads select rows of these columns (named as TaskSchema reads them): cheaper than ORM objects.
 tasks_table = Task.__table__
-TASK_COLUMNS = [column.label("priority_rank") if column.name == "priority" else column for column in tasks_table.c if column.name not in ("user_id", "title_key", "search_key")]
+TASK_COLUMNS = [
+    column.label("priority_rank") if column.name == "priority" else column
+    for column in tasks_table.c
+    if column.name not in ("user_id", "title_key", "search_key")
+]
 
 # Filters as conditions on bound parameters of the same names, and how an argument binds.
 FILTER_CONDITIONS = {
@@ -1232,7 +1234,7 @@ class JSONFormatter(logging.Formatter):
 
     def format(self, record):
         entry = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -1294,7 +1296,10 @@ def engine_options(config):
         # A database server: a bounded pool, and a ping before reusing a connection so one the
         # server or the network dropped is replaced (SQLite files get the defaults, no ping).
         options.update(
-            pool_pre_ping=True, pool_size=config["DB_POOL_SIZE"], max_overflow=config["DB_MAX_OVERFLOW"], pool_timeout=config["DB_POOL_TIMEOUT"]
+            pool_pre_ping=True,
+            pool_size=config["DB_POOL_SIZE"],
+            max_overflow=config["DB_MAX_OVERFLOW"],
+            pool_timeout=config["DB_POOL_TIMEOUT"],
         )
     if config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
         options["connect_args"] = {"application_name": "todo-api", **options.get("connect_args", {})}

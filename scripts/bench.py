@@ -16,7 +16,6 @@ import random
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,19 @@ class Gunicorn:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         # --max-requests 0: no worker is recycled mid-measurement (its CPU time would vanish with it).
-        command = [BIN / "gunicorn", "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}", "--max-requests", "0", "--log-level", "warning", *extra, target]
+        command = [
+            BIN / "gunicorn",
+            "--workers",
+            str(workers),
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--max-requests",
+            "0",
+            "--log-level",
+            "warning",
+            *extra,
+            target,
+        ]
         self.process = subprocess.Popen(
             command, cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
         )
@@ -111,9 +122,14 @@ end
 def run_wrk(url, method, body, headers, seconds, connections, tmp):
     script = Path(tmp) / "request.lua"
     header_lines = "\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items())
-    script.write_text(WRK_SCRIPT.format(method=method, body=json.dumps(json.dumps(body)) if body is not None else "nil", headers=header_lines))
+    script.write_text(
+        WRK_SCRIPT.format(method=method, body=json.dumps(json.dumps(body)) if body is not None else "nil", headers=header_lines)
+    )
     out = subprocess.run(
-        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "-s", str(script), url], capture_output=True, text=True, timeout=seconds + 30
+        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
     ).stdout
     line = next(line for line in out.splitlines() if line.startswith("RESULT"))
     _, count, errors, p50, p99 = line.split()
@@ -157,7 +173,9 @@ def seed_scale(database_url, big_user_tasks, total_tasks):
 
     from todo_api import PRIORITIES, Task, TaskTag, User, create_app, db, password_hasher
 
-    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "JWT_SECRET_KEY": SECRET, "AUTO_MIGRATE": False}, instance_path=tempfile.mkdtemp())
+    app = create_app(
+        {"SQLALCHEMY_DATABASE_URI": database_url, "JWT_SECRET_KEY": SECRET, "AUTO_MIGRATE": False}, instance_path=tempfile.mkdtemp()
+    )
     password_hash = password_hasher.hash(PASSWORD)
     others = 999
     per_other = (total_tasks - big_user_tasks) // others
@@ -252,7 +270,12 @@ def main():
             small = request("POST", app.base + "/api/auth/signup", {"email": "small@bench.example.com", "password": PASSWORD})
             small_headers = {"Authorization": f"Bearer {small['access_token']}"}
             for n in range(100):
-                task = request("POST", app.base + "/api/tasks", {"title": f"Task {n}", "tags": ["work", f"t{n % 5}"], "priority": "high"}, small_headers)
+                task = request(
+                    "POST",
+                    app.base + "/api/tasks",
+                    {"title": f"Task {n}", "tags": ["work", f"t{n % 5}"], "priority": "high"},
+                    small_headers,
+                )
             writer = request("POST", app.base + "/api/auth/signup", {"email": "writer@bench.example.com", "password": PASSWORD})
             writer_headers = {"Authorization": f"Bearer {writer['access_token']}"}
 
@@ -261,7 +284,14 @@ def main():
                 ("GET /api/tasks (page of 20 tagged)", app, "GET", "/api/tasks", None, small_headers),
                 ("POST /api/tasks", app, "POST", "/api/tasks", {"title": "Benchmark task", "tags": ["bench", "load"]}, writer_headers),
                 ("GET /api/tasks/<id>", app, "GET", f"/api/tasks/{task['id']}", None, small_headers),
-                ("POST /api/auth/login (argon2id)", app, "POST", "/api/auth/login", {"email": "small@bench.example.com", "password": PASSWORD}, {}),
+                (
+                    "POST /api/auth/login (argon2id)",
+                    app,
+                    "POST",
+                    "/api/auth/login",
+                    {"email": "small@bench.example.com", "password": PASSWORD},
+                    {},
+                ),
             ]
             if args.scale_tasks:
                 big = request("POST", app.base + "/api/auth/login", {"email": "big@bench.example.com", "password": PASSWORD})
@@ -269,7 +299,14 @@ def main():
                 scenarios += [
                     ("scale: 100-task user, page 1", app, "GET", "/api/tasks", None, small_headers),
                     (f"scale: {args.big_user_tasks:,}-task user, page 1", app, "GET", "/api/tasks", None, big_headers),
-                    (f"scale: {args.big_user_tasks:,}-task user, page {args.deep_page:,}", app, "GET", f"/api/tasks?page={args.deep_page}", None, big_headers),
+                    (
+                        f"scale: {args.big_user_tasks:,}-task user, page {args.deep_page:,}",
+                        app,
+                        "GET",
+                        f"/api/tasks?page={args.deep_page}",
+                        None,
+                        big_headers,
+                    ),
                 ]
 
             results = {}
@@ -293,7 +330,9 @@ def main():
           f"{args.connections} connections, {args.seconds:g} s per endpoint, {os.cpu_count()} cores\n")  # fmt: skip
     print(f"{'endpoint':44} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} {'x floor':>8} {'errors':>7}")
     for name, r in results.items():
-        print(f"{name:44} {r['rps']:8.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['cpu_ms']:11.3f} {r['cpu_ms'] / floor_cpu:8.2f} {r['errors']:7d}")
+        print(
+            f"{name:44} {r['rps']:8.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['cpu_ms']:11.3f} {r['cpu_ms'] / floor_cpu:8.2f} {r['errors']:7d}"
+        )
     print(f"\nRSS per worker after the run: {', '.join(f'{mb:.1f} MB' for mb in rss)}\n")
 
     ratio = lambda name: results[name]["cpu_ms"] / floor_cpu  # noqa: E731

@@ -16,8 +16,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from xml.etree import ElementTree
 from pathlib import Path
+from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -101,7 +101,12 @@ def main():
                             "endpoint": "/api/auth/login",
                             "verb": "POST",
                             "contentType": "application/json",
-                            "payloadUserPwd": {"username": email, "usernameField": "email", "password": PASSWORD, "passwordField": "password"},
+                            "payloadUserPwd": {
+                                "username": email,
+                                "usernameField": "email",
+                                "password": PASSWORD,
+                                "passwordField": "password",
+                            },
                             "token": {
                                 "extractFrom": "body",
                                 "extractSelector": "/access_token",

@@ -147,9 +147,9 @@ def test_swagger_ui_is_served_with_its_own_assets(client):
     assert "https://" not in html and "http://" not in html  # nothing from a CDN
     for asset in ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"):
         assert f"/docs/assets/{asset}" in html
-        response = client.get(f"/docs/assets/{asset}")
-        assert response.status_code == 200, asset
-        assert len(response.data) > 10_000
+        with client.get(f"/docs/assets/{asset}") as response:
+            assert response.status_code == 200, asset
+            assert len(response.data) > 10_000
 
 
 def test_unknown_route_is_a_json_404(client):
@@ -196,7 +196,11 @@ def test_no_cors_headers_by_default(client):
 def test_cors_preflight_for_an_allowed_origin(client):
     response = client.options(
         "/api/tasks/1",
-        headers={"Origin": ORIGIN, "Access-Control-Request-Method": "PATCH", "Access-Control-Request-Headers": "Authorization, Content-Type, If-Match"},
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "PATCH",
+            "Access-Control-Request-Headers": "Authorization, Content-Type, If-Match",
+        },
     )
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == ORIGIN

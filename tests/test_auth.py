@@ -3,16 +3,15 @@ every way a token can be refused, and the brute-force limits."""
 
 import base64
 import json
-import time
 from datetime import timedelta
 
 import jwt as pyjwt
 import pytest
+from conftest import PASSWORD, bearer
 from flask_jwt_extended import create_access_token, decode_token
 from sqlalchemy import func, select
 
 import todo_api
-from conftest import PASSWORD, bearer
 from todo_api import Task, User, UserSession, db
 
 TOKEN_PAIR_KEYS = {"access_token", "refresh_token", "token_type", "expires_in", "user"}
@@ -135,7 +134,11 @@ def test_login_failures_are_one_401_whatever_failed(client, make_user, monkeypat
 
 @pytest.mark.parametrize(
     "body, field",
-    [({"email": "x@example.com"}, "password"), ({"password": PASSWORD}, "email"), ({"email": "x@example.com", "password": PASSWORD, "remember": True}, "remember")],
+    [
+        ({"email": "x@example.com"}, "password"),
+        ({"password": PASSWORD}, "email"),
+        ({"email": "x@example.com", "password": PASSWORD, "remember": True}, "remember"),
+    ],
 )
 def test_login_validation(client, body, field):
     response = client.post("/api/auth/login", json=body)
@@ -323,7 +326,9 @@ def claims_of(app, token):
             id="alg none",
         ),
         pytest.param(
-            lambda app, user: bearer(pyjwt.encode(claims_of(app, user["access_token"]), "another-key-that-is-long-enough-0000", algorithm="HS256")),
+            lambda app, user: bearer(
+                pyjwt.encode(claims_of(app, user["access_token"]), "another-key-that-is-long-enough-0000", algorithm="HS256")
+            ),
             id="wrong key",
         ),
         pytest.param(lambda app, user: bearer(user["access_token"][:-4] + "AAAA"), id="bad signature"),
@@ -419,7 +424,9 @@ def test_x_forwarded_for_is_ignored_without_a_trusted_proxy(make_user, client):
     make_user(email="xff@example.com")
     for n in range(2):
         client.post("/api/auth/login", json={"email": "xff@example.com", "password": PASSWORD}, headers={"X-Forwarded-For": f"1.1.1.{n}"})
-    spoofed = client.post("/api/auth/login", json={"email": "xff@example.com", "password": PASSWORD}, headers={"X-Forwarded-For": "2.2.2.2"})
+    spoofed = client.post(
+        "/api/auth/login", json={"email": "xff@example.com", "password": PASSWORD}, headers={"X-Forwarded-For": "2.2.2.2"}
+    )
     assert spoofed.status_code == 429
 
 
@@ -428,5 +435,35 @@ def test_a_trusted_proxy_supplies_the_client_address(make_user, client):
     make_user(email="proxy@example.com")
     for _ in range(2):
         client.post("/api/auth/login", json={"email": "proxy@example.com", "password": PASSWORD}, headers={"X-Forwarded-For": "1.1.1.1"})
-    assert client.post("/api/auth/login", json={"email": "proxy@example.com", "password": PASSWORD}, headers={"X-Forwarded-For": "1.1.1.1"}).status_code == 429
-    assert client.post("/api/auth/login", json={"email": "proxy@example.com", "password": PASSWORD}, headers={"X-Forwarded-For": "3.3.3.3"}).status_code == 200
+    assert (
+        client.post(
+            "/api/auth/login", json={"email": "proxy@example.com", "password": PASSWORD}, headers={"X-Forwarded-For": "1.1.1.1"}
+        ).status_code
+        == 429
+    )
+    assert (
+        client.post(
+            "/api/auth/login", json={"email": "proxy@example.com", "password": PASSWORD}, headers={"X-Forwarded-For": "3.3.3.3"}
+        ).status_code
+        == 200
+    )
+
+
+def test_authentication_costs_one_query(app, client, make_user):
+    """The session check and the user come together, in one SELECT."""
+    user = make_user()
+    statements = []
+
+    def record(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    with app.app_context():
+        db.event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            response = client.get("/api/auth/me", headers=user["headers"])
+        finally:
+            db.event.remove(db.engine, "before_cursor_execute", record)
+    assert response.status_code == 200
+    assert len(statements) == 1, statements
+    assert "sessions" in statements[0] and "users" in statements[0]

@@ -35,7 +35,9 @@ def test_json_that_is_not_an_object_is_a_422(client, auth_headers, body):
     assert_error(response, 422, "Unprocessable Entity")
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml"])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml"]
+)
 def test_a_body_that_is_not_json_is_a_415(client, auth_headers, content_type):
     response = client.post("/api/tasks", data='{"title": "x"}', content_type=content_type, headers=auth_headers)
     assert_error(response, 415, "Unsupported Media Type")
@@ -81,7 +83,13 @@ def test_every_status_of_the_table_has_the_one_shape(client, make_user, make_tas
     other = make_user()
     assert_error(client.get("/api/tasks"), 401, "Unauthorized")
     assert_error(client.post("/api/auth/login", json={"email": "shape@example.com", "password": "wrong-password"}), 401, "Unauthorized")
-    assert_error(client.post("/api/auth/password", json={"current_password": "wrong-password", "new_password": "whatever123"}, headers=user["headers"]), 403, "Forbidden")
+    assert_error(
+        client.post(
+            "/api/auth/password", json={"current_password": "wrong-password", "new_password": "whatever123"}, headers=user["headers"]
+        ),
+        403,
+        "Forbidden",
+    )
     assert_error(client.get(f"/api/{user['user']['id']}/tasks", headers=other["headers"]), 403, "Forbidden")
     assert_error(client.get(f"/api/tasks/{task['id']}", headers=other["headers"]), 404, "Not Found")
     assert_error(client.get("/nowhere"), 404, "Not Found")
@@ -118,7 +126,11 @@ def test_every_route_with_every_method_answers_without_a_500(app, client, make_u
         if rule.endpoint == "static":
             continue
         for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"):
-            if (path, method) == (f"/api/tasks/{task['id']}", "DELETE") or path in ("/api/auth/me", "/api/auth/logout", "/api/auth/password"):
+            if (path, method) == (f"/api/tasks/{task['id']}", "DELETE") or path in (
+                "/api/auth/me",
+                "/api/auth/logout",
+                "/api/auth/password",
+            ):
                 continue  # these would end the session or the task the loop uses; tested on their own
             for body in bodies:
                 response = client.open(path, method=method, data=body, content_type="application/json", headers=user["headers"])

@@ -30,10 +30,14 @@ def listing(client, auth_headers):
 def catalogue(make_task, client, auth_headers):
     """Six tasks covering every filter and sort key; returned by name, in creation order."""
     specs = {
-        "report": dict(title="Write Report", description="quarterly numbers", priority="high", due_date="2026-12-01T09:00:00Z", tags=["work", "Q4"]),
+        "report": dict(
+            title="Write Report", description="quarterly numbers", priority="high", due_date="2026-12-01T09:00:00Z", tags=["work", "Q4"]
+        ),
         "milk": dict(title="buy milk", description="2% fat", priority="low", tags=["home"]),
         "call": dict(title="Call Mum", description="", priority="medium", due_date="2026-11-25T18:00:00Z", tags=["home", "family"]),
-        "taxes": dict(title="taxes", description="Send the REPORT to the accountant", priority="high", due_date="2026-11-30T00:00:00Z", tags=["money"]),
+        "taxes": dict(
+            title="taxes", description="Send the REPORT to the accountant", priority="high", due_date="2026-11-30T00:00:00Z", tags=["money"]
+        ),
         "gym": dict(title="gym_day", description="legs", priority="low", due_date="2026-12-24T00:00:00Z"),
         "café": dict(title="Café au lait", description="", priority="medium", tags=["home"]),
     }

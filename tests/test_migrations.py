@@ -1,7 +1,5 @@
 """The migrations build exactly the models' schema, keep data, and run at start."""
 
-import os
-
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext

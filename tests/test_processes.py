@@ -24,7 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 REDIS_URI = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 # The outage test needs a database server to lose: the suite's PostgreSQL, or the local one.
-POSTGRES_URL = os.environ.get("TEST_DATABASE_URL", "").startswith("postgres") and os.environ["TEST_DATABASE_URL"] or "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES_URL = (
+    os.environ.get("TEST_DATABASE_URL", "").startswith("postgres")
+    and os.environ["TEST_DATABASE_URL"]
+    or "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 def free_port():
@@ -135,14 +139,14 @@ def test_concurrent_puts_with_one_if_match_exactly_one_wins(serve):
         status, created, task = call("POST", f"{first}/api/tasks", {"title": f"race {round}"}, headers)
         assert status == 201
         etag = created["ETag"]
-        start = threading.Barrier(2)
-        outcomes = []
+        start, outcomes = threading.Barrier(2), []
 
-        def put(base, title):
+        def put(base, url, etag, start, outcomes):
             start.wait()
-            outcomes.append(call("PUT", f"{base}/api/tasks/{task['id']}", {"title": title}, {**headers, "If-Match": etag}))
+            outcomes.append(call("PUT", url, {"title": base}, {**headers, "If-Match": etag}))
 
-        threads = [threading.Thread(target=put, args=(base, base)) for base in (first, second)]
+        url = f"/api/tasks/{task['id']}"
+        threads = [threading.Thread(target=put, args=(base, base + url, etag, start, outcomes)) for base in (first, second)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -322,7 +326,9 @@ class Proxy:
 
 
 def test_database_outage_is_a_503_and_the_service_recovers(serve, tmp_path):
-    target = create_app({"SQLALCHEMY_DATABASE_URI": POSTGRES_URL, "JWT_SECRET_KEY": "x" * 32, "AUTO_MIGRATE": False}, instance_path=str(tmp_path))
+    target = create_app(
+        {"SQLALCHEMY_DATABASE_URI": POSTGRES_URL, "JWT_SECRET_KEY": "x" * 32, "AUTO_MIGRATE": False}, instance_path=str(tmp_path)
+    )
     with target.app_context():
         db.create_all()
         proxy = Proxy(db.engine.url.port or 5432)
@@ -388,7 +394,10 @@ def test_sixteen_concurrent_writers_never_see_a_5xx_or_a_locked_database(serve):
 def test_gunicorn_migrates_a_fresh_database_before_its_workers_start(serve, tmp_path):
     base = serve(workers=2, database_url=f"sqlite:///{tmp_path / 'fresh.db'}", FLASK_AUTO_MIGRATE="true")
     assert signup(base, "fresh@example.com")["user"]["email"] == "fresh@example.com"
-    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'fresh.db'}", "JWT_SECRET_KEY": "x" * 32, "AUTO_MIGRATE": False}, instance_path=str(tmp_path))
+    app = create_app(
+        {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'fresh.db'}", "JWT_SECRET_KEY": "x" * 32, "AUTO_MIGRATE": False},
+        instance_path=str(tmp_path),
+    )
     with app.app_context():
         assert db.session.execute(db.text("SELECT count(*) FROM alembic_version")).scalar() == 1
         db.engine.dispose()

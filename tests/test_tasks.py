@@ -134,7 +134,10 @@ def test_put_validation(client, auth_headers, make_task, body, field):
     assert client.get(f"/api/tasks/{task['id']}", headers=auth_headers).json == task
 
 
-@pytest.mark.parametrize("body, field", [(body, field) for body, field in INVALID_TASKS if body and field != "title"] + [({"title": ""}, "title"), ({"title": None}, "title")])
+@pytest.mark.parametrize(
+    "body, field",
+    [(body, field) for body, field in INVALID_TASKS if body and field != "title"] + [({"title": ""}, "title"), ({"title": None}, "title")],
+)
 def test_patch_validation(client, auth_headers, make_task, body, field):
     task = make_task(title="unchanged")
     body = {key: value for key, value in body.items() if key != "title" or field == "title"}
@@ -245,7 +248,10 @@ def test_ids_of_deleted_tasks_are_not_reused(client, auth_headers, make_task):
     assert make_task()["id"] > task["id"]
 
 
-@pytest.mark.parametrize("path", ["/api/tasks/0", "/api/tasks/999999", "/api/tasks/9223372036854775807", "/api/tasks/9223372036854775808", "/api/tasks/" + "9" * 40])
+@pytest.mark.parametrize(
+    "path",
+    ["/api/tasks/0", "/api/tasks/999999", "/api/tasks/9223372036854775807", "/api/tasks/9223372036854775808", "/api/tasks/" + "9" * 40],
+)
 @pytest.mark.parametrize("method", ["get", "put", "patch", "delete"])
 def test_missing_and_huge_ids_are_a_404(client, auth_headers, path, method):
     response = getattr(client, method)(path, json={"title": "x"}, headers=auth_headers)

@@ -5,6 +5,7 @@ Revises: cc4d066f2606
 Create Date: 2026-11-21 12:30:21.313278
 
 """
+
 import sqlalchemy as sa
 from alembic import op
 
