@@ -70,7 +70,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SAWarning
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SAWarning
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 from sqlalchemy.orm.exc import StaleDataError
 from swagger_ui_bundle import swagger_ui_path
@@ -371,16 +371,26 @@ class TaskTag(db.Model):
 # --- Schemas ---
 
 
-class Text(fields.String):
-    """A string of valid Unicode (no lone surrogate), trimmed when asked. With `stored`, also no
-    NUL, which PostgreSQL cannot store. The OpenAPI pattern says the same to clients."""
+# White space as Python's str.strip() sees it, spelled out: regex engines disagree on \s.
+SPACE_CHARS = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+SPACE = f"[{SPACE_CHARS}]"
 
-    def __init__(self, *, strip=False, stored=True, **kwargs):
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$" if strip else r"^[^\u0000]*$" if stored else None
+
+class Text(fields.String):
+    """A string of valid Unicode (no lone surrogate). With `stored`, no NUL either, which
+    PostgreSQL cannot store. With `trimmed=(min, max)`, surrounding white space is dropped and
+    the length counted after that. The OpenAPI pattern tells clients the same rules."""
+
+    def __init__(self, *, trimmed=None, stored=True, **kwargs):
+        if trimmed:
+            low, high = trimmed  # low is 1: at least one visible character
+            pattern = rf"^{SPACE}*[^{SPACE_CHARS}\u0000](?:[^\u0000]{{0,{high - 2}}}[^{SPACE_CHARS}\u0000])?{SPACE}*$"
+        else:
+            pattern = r"^[^\u0000]*$" if stored else None
         if pattern:
             kwargs["metadata"] = {"pattern": pattern, **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
-        self.strip, self.stored = strip, stored
+        self.trimmed, self.stored = trimmed, stored
 
     def _deserialize(self, value, attr, data, **kwargs):
         value = super()._deserialize(value, attr, data, **kwargs)
@@ -390,7 +400,12 @@ class Text(fields.String):
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ma.ValidationError("Must be valid Unicode text.") from None
-        return value.strip() if self.strip else value
+        if self.trimmed:
+            value = value.strip()
+            # Checked here, not with validate.Length, which would document the untrimmed length.
+            if not self.trimmed[0] <= len(value) <= self.trimmed[1]:
+                raise ma.ValidationError("Length must be between {} and {} after trimming white space.".format(*self.trimmed))
+        return value
 
 
 class StrictBoolean(fields.Boolean):
@@ -428,7 +443,7 @@ class TagList(fields.List):
     """Tags trimmed, lower-cased, de-duplicated and sorted; at most 20 after that."""
 
     def __init__(self, **kwargs):
-        tag = Text(strip=True, validate=validate.Length(1, 50))
+        tag = Text(trimmed=(1, 50))
         super().__init__(tag, metadata={"maxItems": 20, "description": "At most 20 distinct tags."}, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
@@ -471,7 +486,7 @@ class PasswordChangeSchema(StrictSchema):
 class TaskInSchema(StrictSchema):
     """TaskIn: every writable field. Loaded whole for POST and PUT, partially for PATCH."""
 
-    title = Text(required=True, strip=True, validate=validate.Length(1, 200))
+    title = Text(required=True, trimmed=(1, 200))
     description = Text(
         allow_none=True, load_default="", validate=validate.Length(max=2000), metadata={"description": 'null is taken as ""'}
     )
@@ -502,7 +517,7 @@ class TaskQueryArgsSchema(StrictSchema):
     page_size = fields.Integer(load_default=20, validate=validate.Range(1, 100))
     completed = fields.Boolean(truthy={"true"}, falsy={"false"})
     priority = fields.String(validate=validate.OneOf(PRIORITIES))
-    tag = Text(strip=True, validate=validate.Length(1, 50))
+    tag = Text(trimmed=(1, 50))
     q = Text(validate=validate.Length(1, 200))
     due_before = UTCDateTime()
     due_after = UTCDateTime()
@@ -560,8 +575,8 @@ class ErrorSchema(ma.Schema):
 MESSAGES = {
     400: "Request body is not valid JSON.",
     404: "Resource not found.",
-    412: "The task has changed: If-Match does not match its current ETag.",
     405: "Method not allowed on this route.",
+    412: "The task has changed: If-Match does not match its current ETag.",
     413: "Request body is too large.",
     415: "Request body must be JSON (Content-Type: application/json).",
     422: "Validation failed.",
@@ -675,11 +690,14 @@ def document_responses(codes):
 
 
 def register_error_handlers(app):
-    @app.errorhandler(OperationalError)
     def database_unavailable(error):
-        current_app.logger.error("database error: %s", error.orig.__class__.__name__)
+        current_app.logger.error("database unavailable: %s", type(error.orig).__name__)
         db.session.rollback()
         return error_body(503, MESSAGES[503]), 503
+
+    # The server cannot be reached, or the connection broke: a 503, and the pool reconnects.
+    app.register_error_handler(OperationalError, database_unavailable)
+    app.register_error_handler(InterfaceError, database_unavailable)
 
     @app.errorhandler(StaleDataError)
     def concurrent_change(_error):

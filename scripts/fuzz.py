@@ -55,6 +55,15 @@ def empty_database(url):
     drop_everything(url)
 
 
+def show_server_errors(log):
+    """The server's log is one JSON line per request; print only what went wrong."""
+    lines = log.read_text(errors="replace").splitlines()
+    errors = [line for line in lines if '"level": "INFO"' not in line and "[INFO]" not in line]
+    print(f"server: {len(lines) - len(errors)} access lines, {len(errors)} other lines", flush=True)
+    for line in errors[:50]:
+        print("  " + line[:2000], flush=True)
+
+
 def summarise(report_dir):
     """One closing line, per API operation, from schemathesis's JUnit report."""
     tests = failures = 0
@@ -83,10 +92,13 @@ def main():
             "JWT_SECRET_KEY": "fuzz-secret-key-that-is-long-enough-0123456789",
             "RATELIMIT_ENABLED": "false",
         }
+        server_log = open(tmp / "server.log", "wb")  # closed with the server, below
         server = subprocess.Popen(
             [BIN / "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{args.port}", "--log-level", "warning", "wsgi:app"],
             cwd=ROOT,
             env=env,
+            stdout=server_log,
+            stderr=server_log,
             start_new_session=True,
         )
         try:
@@ -143,6 +155,8 @@ def main():
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
+            server_log.close()
+            show_server_errors(tmp / "server.log")
 
 
 if __name__ == "__main__":
