@@ -1053,10 +1053,14 @@ LIST_HEADERS = {
 }
 
 
-@tasks.route("")
-class Tasks(MethodView):
+class OwnTasksView(MethodView):
+    """The caller's tasks: a valid access token first, then (on Phase II paths) the path's user."""
+
     decorators = [caller_owns_path, jwt_required()]  # the last one runs first
 
+
+@tasks.route("")
+class Tasks(OwnTasksView):
     @tasks.arguments(TaskQueryArgsSchema(), location="query")
     @tasks.response(200, TaskSchema(many=True), headers=LIST_HEADERS)
     def get(self, args):
@@ -1079,9 +1083,7 @@ class Tasks(MethodView):
 
 
 @tasks.route("/<int:task_id>")
-class TaskById(MethodView):
-    decorators = [caller_owns_path, jwt_required()]
-
+class TaskById(OwnTasksView):
     @tasks.etag
     @tasks.response(200, TaskSchema)
     @tasks.errors(404)
@@ -1120,9 +1122,7 @@ class TaskById(MethodView):
 
 
 @tasks.route("/<int:task_id>/complete")
-class TaskCompletion(MethodView):
-    decorators = [caller_owns_path, jwt_required()]
-
+class TaskCompletion(OwnTasksView):
     @tasks.etag
     @tasks.response(200, TaskSchema)
     @tasks.errors(404)
