@@ -460,13 +460,12 @@ class StrictSchema(ma.Schema):
 
 # Passwords are hashed, never stored: any Unicode will do.
 Password = Text(required=True, stored=False, validate=validate.Length(8, 128), load_only=True)
-UserName = Text(validate=validate.Length(max=100))
 
 
 class SignupSchema(StrictSchema):
     email = Email(required=True, validate=validate.Length(max=254))
     password = Password
-    name = UserName
+    name = Text(allow_none=True, validate=validate.Length(max=100), metadata={"description": "optional; null means no name"})
 
 
 class LoginSchema(StrictSchema):
@@ -813,7 +812,7 @@ NO_AUTH = {"security": []}
 @auth.doc(**NO_AUTH)
 def signup(data):
     """Create an account and log in"""
-    user = User(email=data["email"], name=data.get("name", ""))
+    user = User(email=data["email"], name=data.get("name") or "")
     user.set_password(data["password"])
     db.session.add(user)
     try:

@@ -50,8 +50,9 @@ def test_signup_returns_a_token_pair_and_the_user(client):
     assert me.json == user
 
 
-def test_signup_name_is_optional(client):
-    response = client.post("/api/auth/signup", json={"email": "n@example.com", "password": PASSWORD})
+@pytest.mark.parametrize("extra", [{}, {"name": None}, {"name": ""}])
+def test_signup_name_is_optional(client, extra):
+    response = client.post("/api/auth/signup", json={"email": "n@example.com", "password": PASSWORD, **extra})
     assert_token_pair(response, 201)
     assert response.json["user"]["name"] == ""
 
