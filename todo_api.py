@@ -788,7 +788,11 @@ def revoked():
 
 
 def login_email_key():
-    body = request.get_json(silent=True)
+    """The email a login is for, as the per-email limit counts it (read before validation)."""
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # absurdly deep JSON; the parser answers it with a 400 next
+        body = None
     email = body.get("email") if isinstance(body, dict) else None
     return f"login-email:{email.strip().lower() if isinstance(email, str) else ''}"
 

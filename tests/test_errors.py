@@ -29,6 +29,13 @@ def test_invalid_json_is_a_400(client, auth_headers, data):
     assert client.get("/api/tasks", headers=auth_headers).json == []
 
 
+@pytest.mark.parametrize("path", ["/api/auth/signup", "/api/auth/login", "/api/auth/password", "/api/auth/me", "/api/tasks"])
+def test_deeply_nested_json_is_a_400_on_every_json_endpoint(client, auth_headers, path):
+    method = client.patch if path == "/api/auth/me" else client.post
+    response = method(path, data=b"[" * 100_000 + b"]" * 100_000, content_type="application/json", headers=auth_headers)
+    assert_error(response, 400, "Bad Request")
+
+
 @pytest.mark.parametrize("body", [[], ["title"], "title", 42, True, None])
 def test_json_that_is_not_an_object_is_a_422(client, auth_headers, body):
     response = client.post("/api/tasks", data=json.dumps(body), content_type="application/json", headers=auth_headers)
