@@ -709,9 +709,13 @@ def register_error_handlers(app):
 # --- Auth helpers and JWT callbacks ---
 
 
+def bearer_challenge(error="invalid_token"):
+    """The WWW-Authenticate header of a 401 (RFC 6750: no error code when no token was sent)."""
+    return {"WWW-Authenticate": f'Bearer realm="todo-api", error="{error}"' if error else 'Bearer realm="todo-api"'}
+
+
 def unauthorized(message, error="invalid_token"):
-    challenge = f'Bearer realm="todo-api", error="{error}"' if error else 'Bearer realm="todo-api"'
-    return error_body(401, message), 401, {"WWW-Authenticate": challenge}
+    return error_body(401, message), 401, bearer_challenge(error)
 
 
 # Every way a token can fail is the contract's 401, never the library's 422 {"msg": ...}.
@@ -783,10 +787,6 @@ def issue_token_pair(user):
     return token_pair(user, session.id, session.refresh_jti, fresh=True)
 
 
-def revoked():
-    abort(401, message="Token has been revoked.", headers={"WWW-Authenticate": 'Bearer realm="todo-api", error="invalid_token"'})
-
-
 def login_email_key():
     """The email a login is for, as the per-email limit counts it (read before validation)."""
     try:
@@ -841,7 +841,7 @@ def login(data):
     db.session.commit()  # end the read: no database lock is held through the slow hash check
     # An unknown email is checked against a dummy hash: both failures cost the same.
     if not (user or User(password_hash=DUMMY_HASH)).verify_password(data["password"]) or user is None:
-        abort(401, message="Invalid email or password.", headers={"WWW-Authenticate": 'Bearer realm="todo-api"'})
+        abort(401, message="Invalid email or password.", headers=bearer_challenge(None))
     body, headers = issue_token_pair(user)
     db.session.commit()
     return body, headers
@@ -864,7 +864,7 @@ def refresh():
     ).rowcount
     if rotated != 1:
         db.session.rollback()
-        revoked()
+        abort(401, message="Token has been revoked.", headers=bearer_challenge())
     db.session.commit()
     body, headers = token_pair(current_user, claims["sid"], new_jti, fresh=False)
     return body, headers
@@ -1018,16 +1018,16 @@ OWN_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == b
 OWN_TASK_ROW = select(*TASK_COLUMNS).where(tasks_table.c.id == bindparam("task_id"), tasks_table.c.user_id == bindparam("user_id"))
 
 
-def get_own_task_or_404(task_id, statement=OWN_TASK):
-    """The caller's task, as an ORM object to change (or, with OWN_TASK_ROW, a row to read);
-    another user's task, or an id no database holds, is a 404."""
+def get_own_task_or_404(task_id, *, as_row=False):
+    """The caller's task: an ORM object to change, or (as_row) a cheaper row to read.
+    Another user's task, or an id no database holds, is a 404."""
     task = None
     if task_id <= MAX_ID:
         params = {"task_id": task_id, "user_id": current_user.id}
-        if statement is OWN_TASK:
-            task = db.session.scalar(statement, params)
+        if as_row:
+            task = db.session.connection().execute(OWN_TASK_ROW, params).first()
         else:
-            task = db.session.connection().execute(statement, params).first()
+            task = db.session.scalar(OWN_TASK, params)
     if task is None:
         abort(404, message="Task not found.")
     return task
@@ -1092,7 +1092,7 @@ class TaskById(OwnTasksView):
     @tasks.errors(404)
     def get(self, task_id):
         """Show a task"""
-        task = get_own_task_or_404(task_id, OWN_TASK_ROW)
+        task = get_own_task_or_404(task_id, as_row=True)
         tasks.set_etag(etag_data(task))
         return task
 
@@ -1103,7 +1103,7 @@ class TaskById(OwnTasksView):
     @tasks.doc(description="Replaces every writable field: omitted optional fields go back to their defaults.")
     def put(self, data, task_id):
         """Replace a task"""
-        return update_task(task_id, data)
+        return update_task(get_own_task_or_404(task_id), data)
 
     @tasks.etag
     @tasks.arguments(TaskPatchSchema())
@@ -1111,7 +1111,7 @@ class TaskById(OwnTasksView):
     @tasks.errors(400, 404, 413, 415)
     def patch(self, data, task_id):
         """Change some fields of a task"""
-        return update_task(task_id, data)
+        return update_task(get_own_task_or_404(task_id), data)
 
     @tasks.etag
     @tasks.response(204)
@@ -1132,11 +1132,11 @@ class TaskCompletion(OwnTasksView):
     def patch(self, task_id):
         """Toggle whether a task is completed"""
         task = get_own_task_or_404(task_id)
-        return update_task(task_id, {"completed": not task.completed}, task)
+        return update_task(task, {"completed": not task.completed})
 
 
-def update_task(task_id, changes, task=None):
-    task = task or get_own_task_or_404(task_id)
+def update_task(task, changes):
+    """Apply changes to a task unless If-Match says it moved on; commit only a real change."""
     tasks.check_if_match(task)
     if task.apply(changes):
         db.session.commit()
