@@ -149,7 +149,8 @@ def main():
             for operation in EXCLUDED:
                 command += ["--exclude-name", operation]
             print("$", " ".join(map(str, command)), flush=True)
-            status = subprocess.call(command, cwd=tmp)
+            hooks = {"SCHEMATHESIS_HOOKS": str(ROOT / "scripts" / "fuzz_hooks.py")}
+            status = subprocess.call(command, cwd=tmp, env={**os.environ, **hooks})
             summarise(tmp / "report")
             return status
         finally:
