@@ -1,6 +1,7 @@
 """The service as separate gunicorn processes on loopback: instances sharing a database and
 Redis, workers killed under load, a graceful stop, the database going away, many writers."""
 
+import http.client
 import json
 import os
 import signal
@@ -200,7 +201,7 @@ def write_load(base, headers, seconds, threads=4):
             body = {"title": f"w{n}-{i}", "tags": [f"t{n}", f"i{i % 7}", "load"]}
             try:
                 status, _, task = call("POST", f"{base}/api/tasks", body, headers, timeout=10)
-            except OSError as error:  # the killed worker's connection
+            except (OSError, http.client.HTTPException) as error:  # the killed worker's connection
                 with lock:
                     outcomes[type(error).__name__] += 1
                 continue
