@@ -3,6 +3,7 @@ every way a token can be refused, and the brute-force limits."""
 
 import base64
 import json
+import time
 from datetime import timedelta
 
 import jwt as pyjwt
@@ -351,6 +352,37 @@ def test_expired_token_is_a_401(app, client, make_user):
     response = client.get("/api/auth/me", headers=bearer(expired))
     assert_401(response)
     assert response.json["message"] == "Token has expired."
+
+
+def test_a_token_that_worked_is_refused_once_it_expires(app, client, make_user):
+    # Verified claims are remembered per token; its expiry still holds.
+    claims = claims_of(app, make_user()["access_token"])
+    with app.app_context():
+        short = create_access_token(claims["sub"], additional_claims={"sid": claims["sid"]}, expires_delta=timedelta(seconds=1))
+    for _ in range(2):
+        assert client.get("/api/auth/me", headers=bearer(short)).status_code == 200
+    time.sleep(max(0.0, pyjwt.decode(short, options={"verify_signature": False})["exp"] - time.time()) + 0.05)
+    response = client.get("/api/auth/me", headers=bearer(short))
+    assert_401(response)
+    assert response.json["message"] == "Token has expired."
+
+
+def test_a_token_that_worked_is_refused_with_another_signature(client, make_user):
+    token = make_user()["access_token"]
+    assert client.get("/api/auth/me", headers=bearer(token)).status_code == 200
+    header, payload, signature = token.split(".")
+    forged = f"{header}.{payload}.{signature[:-4]}{'AAAA' if signature[-4:] != 'AAAA' else 'BBBB'}"
+    assert_401(client.get("/api/auth/me", headers=bearer(forged)))
+
+
+def test_a_refresh_token_that_worked_is_still_refused_as_an_access_token(client, make_user):
+    pair = make_user()
+    refreshed = client.post("/api/auth/refresh", headers=bearer(pair["refresh_token"]))
+    assert refreshed.status_code == 200
+    # Verified claims are remembered, but the type check runs on every request.
+    for _ in range(2):
+        assert_401(client.get("/api/tasks", headers=bearer(refreshed.json["refresh_token"])))
+    assert client.post("/api/auth/refresh", headers=bearer(refreshed.json["refresh_token"])).status_code == 200
 
 
 def test_token_of_a_deleted_user_is_a_401(client, make_user):
