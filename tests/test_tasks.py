@@ -2,7 +2,10 @@
 
 from datetime import datetime
 
+import marshmallow as ma
 import pytest
+
+from todo_api import Task, TaskSchema, db
 
 TASK_KEYS = {"id", "title", "description", "completed", "completed_at", "priority", "due_date", "tags", "created_at", "updated_at"}
 
@@ -53,6 +56,42 @@ def test_create_with_every_field(client, auth_headers):
     assert task["priority"] == "high"
     assert task["due_date"] == "2026-12-01T07:30:00+00:00"
     assert task["tags"] == ["q4", "urgent", "work"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"title": "Bare"},
+        {
+            "title": "Full",
+            "description": "d",
+            "completed": True,
+            "priority": "low",
+            "due_date": "2030-01-02T03:04:05.5Z",
+            "tags": ["b", "a"],
+        },
+    ],
+)
+def test_task_json_is_marshmallows_own_dump_of_the_schema(app, client, auth_headers, body):
+    # TaskSchema writes a task's JSON in one step; it must equal marshmallow's field-by-field dump.
+    created = client.post("/api/tasks", json=body, headers=auth_headers)
+    assert created.status_code == 201
+    path = f"/api/tasks/{created.json['id']}"
+    shown = client.get(path, headers=auth_headers)
+    listed = client.get("/api/tasks", headers=auth_headers)
+    changed = client.patch(path, json={"description": "changed"}, headers=auth_headers)
+    assert (shown.status_code, listed.status_code, changed.status_code) == (200, 200, 200)
+    with app.app_context():
+        schema = TaskSchema()
+        generic = ma.Schema._serialize(schema, db.session.get(Task, created.json["id"]))
+    assert set(generic) == set(schema.fields) == TASK_KEYS
+    assert changed.json == generic
+    assert (
+        created.json
+        == shown.json
+        == listed.json[0]
+        == generic | {"description": created.json["description"], "updated_at": created.json["updated_at"]}
+    )
 
 
 @pytest.mark.parametrize(
