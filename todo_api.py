@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from functools import wraps
 from http import HTTPStatus
 from pathlib import Path
+from urllib.parse import urlencode
 
 import click
 import flask_jwt_extended
@@ -574,7 +575,7 @@ class TokenPairSchema(ma.Schema):
 
 def utc_iso(value):
     """A stored (naive UTC) time as ISO 8601 with its +00:00 offset."""
-    return None if value is None else value.replace(tzinfo=UTC).isoformat()
+    return None if value is None else f"{value.isoformat()}+00:00"
 
 
 class TaskSchema(ma.Schema):
@@ -1048,19 +1049,26 @@ def select_tasks(user_id, args):
     return page, db.session.connection().execute(count_query, params).scalar()
 
 
-# flask-smorest's metadata depends on three numbers only; it builds a schema each call.
-pagination_metadata = functools.lru_cache(maxsize=4096)(Blueprint._make_pagination_metadata)
+@functools.lru_cache(maxsize=4096)
+def pagination_metadata(page, page_size, total):
+    """flask-smorest's metadata, and as JSON: it depends on three numbers only, and flask-smorest
+    builds a schema each call."""
+    meta = Blueprint._make_pagination_metadata(page, page_size, total)
+    return meta, json.dumps(meta)
+
+
+LINK_PAGES = {"first": "first_page", "prev": "previous_page", "next": "next_page", "last": "last_page"}
+QUERY_SAFE = "!$'()*,/:;?@"  # what werkzeug's url_for leaves unquoted in a query string
 
 
 def pagination_headers(args, total):
     """flask-smorest's X-Pagination, and an RFC 8288 Link header that keeps the query's filters."""
-    meta = pagination_metadata(args["page"], args["page_size"], total)
-    headers = {"X-Pagination": json.dumps(meta)}
-    pages = {"first": "first_page", "prev": "previous_page", "next": "next_page", "last": "last_page"}
-    query = request.args.to_dict()
+    meta, meta_json = pagination_metadata(args["page"], args["page_size"], total)
+    headers = {"X-Pagination": meta_json}
+    path, query = url_for(request.endpoint, **request.view_args), request.args.to_dict()
     links = [
-        f'<{url_for(request.endpoint, **request.view_args, **{**query, "page": meta[field]})}>; rel="{rel}"'
-        for rel, field in pages.items()
+        f'<{path}?{urlencode({**query, "page": meta[field]}, safe=QUERY_SAFE)}>; rel="{rel}"'
+        for rel, field in LINK_PAGES.items()
         if field in meta
     ]
     if links:
@@ -1434,6 +1442,7 @@ def create_app(test_config=None, instance_path=None):
         hops = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(app.config)
+    app.json.sort_keys = False  # objects keep their schema's field order; sorting costs every response
     configure_logging(app)
     # Registered before the extensions' hooks, so a request refused by one (a 429) has an id too.
     app.before_request(start_request)
