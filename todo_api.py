@@ -249,11 +249,12 @@ def begin_sqlite_transaction(connection):
 
     A transaction that reads first and writes later fails at once with "database is locked" if
     another writer committed in between; BEGIN IMMEDIATE makes it wait its turn instead
-    (busy_timeout) and see the latest data. Reads (GET) stay concurrent.
+    (busy_timeout) and see the latest data. Reads (GET) stay concurrent. The statement goes
+    straight to the driver: SQLAlchemy's execution path would cost more than the BEGIN itself.
     """
     if connection.dialect.name == "sqlite":
         writes = has_request_context() and request.method not in ("GET", "HEAD", "OPTIONS")
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+        connection.connection.driver_connection.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
 # --- Models ---
