@@ -200,8 +200,10 @@ class JWTManager(flask_jwt_extended.JWTManager):
     def _decode_jwt_from_config(self, encoded_token, csrf_value=None, allow_expired=False):
         verified = current_app.extensions["verified_tokens"]
         claims = verified.get(encoded_token)
-        if claims is not None and not csrf_value and time.time() < claims["exp"] + current_app.config["JWT_DECODE_LEEWAY"]:
-            return dict(claims)
+        if claims is not None and not csrf_value:
+            leeway = current_app.config["JWT_DECODE_LEEWAY"]  # seconds, or a timedelta
+            if time.time() < claims["exp"] + getattr(leeway, "total_seconds", lambda: leeway)():
+                return dict(claims)
         claims = super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
         if not allow_expired and "exp" in claims:
             if len(verified) >= self.CACHE_SIZE:
@@ -594,7 +596,8 @@ class TaskSchema(ma.Schema):
     def _serialize(self, obj, *, many=False):
         """A task (a row or an ORM object: the database already gives every field its JSON type)
         in one step. Marshmallow's generic dump calls three methods per field, a third of a page's
-        cost; tests/test_tasks.py checks this against it for every field, set or not."""
+        cost; tests/test_tasks.py checks this against it for every field, set or not. (The schema
+        is always dumped whole: no `only` or `exclude` to honour.)"""
         if many:
             return [self._serialize(task) for task in obj]
         return {

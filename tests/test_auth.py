@@ -367,6 +367,15 @@ def test_a_token_that_worked_is_refused_once_it_expires(app, client, make_user):
     assert response.json["message"] == "Token has expired."
 
 
+@pytest.mark.config(JWT_DECODE_LEEWAY=timedelta(seconds=30))
+def test_a_remembered_token_honours_a_leeway_given_as_a_timedelta(app, client, make_user):
+    claims = claims_of(app, make_user()["access_token"])
+    with app.app_context():
+        expired = create_access_token(claims["sub"], additional_claims={"sid": claims["sid"]}, expires_delta=timedelta(seconds=-5))
+    for _ in range(2):  # verified, then remembered: within the leeway both times
+        assert client.get("/api/auth/me", headers=bearer(expired)).status_code == 200
+
+
 def test_a_token_that_worked_is_refused_with_another_signature(client, make_user):
     token = make_user()["access_token"]
     assert client.get("/api/auth/me", headers=bearer(token)).status_code == 200
