@@ -280,6 +280,9 @@ class User(db.Model):
     name: Mapped[str] = mapped_column(String(100), default="")
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # How many tasks the user has, changed in the transaction that creates or deletes one: an
+    # unfiltered listing's total without counting (100,000 rows cost a COUNT ~7 ms on SQLite).
+    task_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     def set_password(self, password):
         self.password_hash = password_hasher.hash(password)
@@ -807,7 +810,7 @@ def load_session_user(_header, claims):
 # Statements built once; requests bind values, and SQLAlchemy reuses the compiled SQL.
 users_table, sessions_table = User.__table__, UserSession.__table__
 SESSION_USER = (
-    select(users_table.c.id, users_table.c.email, users_table.c.name, users_table.c.created_at)
+    select(users_table.c.id, users_table.c.email, users_table.c.name, users_table.c.created_at, users_table.c.task_count)
     .join(sessions_table)
     .where(users_table.c.id == bindparam("user_id"), sessions_table.c.id == bindparam("sid"))
 )
@@ -1039,15 +1042,18 @@ def listing_statements(filters, sort):
     return page, select(func.count()).select_from(tasks_table).where(*conditions)
 
 
-def select_tasks(user_id, args):
+def select_tasks(user, args):
     """One page of a user's tasks for validated query args, and the total: one SQL statement
-    for the page, and one for the count only when the page cannot tell it."""
+    for the page. The total is the user's task counter when nothing is filtered; else the page
+    tells it when it is short, else one more statement counts."""
     filters = FILTER_CONDITIONS.keys() & args.keys()
     page_query, count_query = listing_statements(frozenset(filters), args["sort"])
     params = {name: FILTER_VALUES.get(name, lambda value: value)(args[name]) for name in filters}
-    params["user_id"] = user_id
+    params["user_id"] = user.id
     size, offset = args["page_size"], (args["page"] - 1) * args["page_size"]
     page = db.session.connection().execute(page_query, {**params, "size": size, "offset": offset}).all()
+    if not filters:
+        return page, user.task_count
     if 0 < len(page) < size or (offset == 0 and not page):
         return page, offset + len(page)
     return page, db.session.connection().execute(count_query, params).scalar()
@@ -1134,7 +1140,7 @@ class Tasks(OwnTasksView):
     @tasks.response(200, TaskSchema(many=True), headers=LIST_HEADERS)
     def get(self, args):
         """List your tasks: filter, search, sort and page"""
-        page, total = select_tasks(current_user.id, args)
+        page, total = select_tasks(current_user, args)
         return page, pagination_headers(args, total)
 
     @tasks.etag
@@ -1184,6 +1190,7 @@ class TaskById(OwnTasksView):
         task = get_own_task_or_404(task_id)
         tasks.check_if_match(task)
         db.session.delete(task)
+        db.session.execute(COUNT_TASKS, {"owner": current_user.id, "change": -1})
         db.session.commit()
 
 
@@ -1200,11 +1207,15 @@ class TaskCompletion(OwnTasksView):
 
 INSERT_TASK = insert(tasks_table).returning(*TASK_COLUMNS)
 INSERT_TAGS = insert(TaskTag.__table__)
+COUNT_TASKS = (
+    update(users_table).where(users_table.c.id == bindparam("owner")).values(task_count=users_table.c.task_count + bindparam("change"))
+)
 
 
 def insert_task(user_id, data):
     """Store a new task from TaskIn data (the schema filled in every default) and its tag rows
-    in two INSERTs, returning the stored row: the ORM's unit of work would cost more than both."""
+    in two INSERTs, count it, and return the stored row: the ORM's unit of work would cost more
+    than all three statements."""
     now = utcnow()
     values = {
         "user_id": user_id,
@@ -1224,6 +1235,7 @@ def insert_task(user_id, data):
     task = connection.execute(INSERT_TASK, values).one()
     if data["tags"]:
         connection.execute(INSERT_TAGS, [{"task_id": task.id, "tag": tag} for tag in data["tags"]])
+    connection.execute(COUNT_TASKS, {"owner": user_id, "change": 1})
     db.session.commit()
     return task
 

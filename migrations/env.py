@@ -25,17 +25,19 @@ def run_migrations_online():
 
     args = {"process_revision_directives": skip_empty_revisions, **migrate.configure_args}
     with migrate.db.engine.connect() as connection:
-        if connection.dialect.name == "sqlite":
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
             # Batch mode copies and drops tables; with foreign keys on, dropping a parent table
-            # would cascade-delete its children's rows. The pragma only works outside a transaction.
-            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-            connection.commit()  # end the transaction SQLAlchemy began, so alembic runs (and commits) its own
+            # would cascade-delete its children's rows. The pragma is a no-op inside a
+            # transaction, and SQLAlchemy begins one with its first statement: so it goes
+            # straight to the driver, which begins nothing by itself here.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
         context.configure(connection=connection, target_metadata=migrate.db.metadata, **args)
         with context.begin_transaction():
             context.run_migrations()
-        if connection.dialect.name == "sqlite":
-            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        if sqlite:
             connection.commit()
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
 
 
 if context.is_offline_mode():

@@ -6,10 +6,19 @@ import os
 
 import pytest
 
-from todo_api import create_app, db
+from todo_api import create_app, db, drop_everything
 
 PASSWORD = "correct horse battery"
 _emails = itertools.count(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_database_server_schema():
+    """A database server keeps its tables between runs, maybe of an older schema: drop them once
+    at the start; each test's app makes the tables it needs."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        drop_everything(url)
 
 
 @pytest.fixture

@@ -250,6 +250,36 @@ def test_listing_loads_tags_without_a_query_per_task(app, listing, make_task):
     assert len(selects) == 3, selects
 
 
+def test_unfiltered_total_follows_creates_and_deletes_without_counting(app, client, listing, make_task, auth_headers, other_auth_headers):
+    kept = [make_task(title=f"t{n}") for n in range(3)]
+    make_task(headers=other_auth_headers)  # another user's task is not in this total
+    gone = make_task()
+    assert client.delete(f"/api/tasks/{gone['id']}", headers=auth_headers).status_code == 204
+    assert client.delete(f"/api/tasks/{gone['id']}", headers=auth_headers).status_code == 404  # no second decrement
+    refused = client.post("/api/tasks", json={"title": ""}, headers=auth_headers)
+    assert refused.status_code == 422  # nothing stored, nothing counted
+    statements = []
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    with app.app_context():
+        db.event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            response = listing("?page_size=2")
+        finally:
+            db.event.remove(db.engine, "before_cursor_execute", record)
+    assert response.status_code == 200
+    assert pagination(response)["total"] == len(kept) == 3
+    assert len(response.json) == 2
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    # the caller's session and user (with the task counter), and the page: no COUNT
+    assert len(selects) == 2, selects
+    assert not any("count(" in s.lower() for s in selects), selects
+    # A filter counts what matches.
+    assert pagination(listing("?q=t1"))["total"] == 1
+
+
 @pytest.fixture(scope="module")
 def planner_data():
     """Rows for two users, the one whose listing is planned owning 5% of them, so that planners

@@ -6,7 +6,7 @@ from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect, text
 
-from todo_api import INITIAL_REVISION, create_app, db, drop_everything, init_migrations
+from todo_api import INITIAL_REVISION, create_app, db, drop_everything, init_migrations, password_hasher
 
 
 @pytest.fixture
@@ -64,8 +64,12 @@ def test_a_database_from_before_migrations_is_adopted_with_its_data(config, tmp_
         # The schema as the service made it before it had migrations: no alembic_version.
         upgrade(revision=INITIAL_REVISION)
         db.session.execute(text("DROP TABLE alembic_version"))
+        # A user of that time, written as that schema had it (today's models have more columns).
+        db.session.execute(
+            text("INSERT INTO users (email, name, password_hash, created_at) VALUES ('old@example.com', '', :hash, '2026-01-01')"),
+            {"hash": password_hasher.hash("password123")},
+        )
         db.session.commit()
-    assert before.test_client().post("/api/auth/signup", json={"email": "old@example.com", "password": "password123"}).status_code == 201
 
     after = create_app(config, instance_path=str(tmp_path / "new"))
     assert schema_differences(after) == []
@@ -74,3 +78,25 @@ def test_a_database_from_before_migrations_is_adopted_with_its_data(config, tmp_
     with after.app_context():
         db.create_all()
         db.engine.dispose()
+
+
+def test_upgrading_counts_the_tasks_users_already_have(bare_app):
+    with bare_app.app_context():
+        upgrade(revision="e7dcfebc8909")  # before users had a task counter
+        db.session.execute(
+            text("INSERT INTO users (id, email, name, password_hash, created_at) VALUES (1, 'c@example.com', '', 'x', '2026-01-01')")
+        )
+        for n in range(3):
+            db.session.execute(
+                text(
+                    "INSERT INTO tasks (user_id, title, description, completed, priority, tags, created_at, updated_at, version, "
+                    "title_key, search_key) VALUES (1, :title, '', false, 1, '[]', '2026-01-01', '2026-01-01', 1, :key, :search)"
+                ),
+                {"title": f"t{n}", "key": f"t{n}", "search": f"t{n}"},
+            )
+        db.session.commit()
+        upgrade()
+        assert db.session.execute(text("SELECT task_count FROM users WHERE id = 1")).scalar() == 3
+        db.session.rollback()  # end the read: the downgrade alters the table it read
+        downgrade(revision="e7dcfebc8909")
+        assert db.session.execute(text("SELECT count(*) FROM tasks")).scalar() == 3

@@ -17,9 +17,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
-from todo_api import Task, TaskTag, User, create_app, db
+from todo_api import Task, TaskTag, User, create_app, db, drop_everything
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
@@ -240,6 +240,10 @@ def test_a_worker_killed_under_write_load_loses_no_acknowledged_write(app, serve
             rows.setdefault(task_id, set()).add(tag)
         for task in db.session.scalars(select(Task)):
             assert set(task.tags) == rows.get(task.id, set()) and len(task.tags) == 3
+        # Each user's task counter moved with the writes that landed, and only with them.
+        counts = dict(db.session.execute(select(Task.user_id, func.count()).group_by(Task.user_id)).all())
+        for user_id, task_count in db.session.execute(select(User.id, User.task_count)):
+            assert task_count == counts.get(user_id, 0)
     # The master replaced the worker.
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and (victim in server.workers() or len(server.workers()) != 2):
@@ -330,6 +334,7 @@ def test_database_outage_is_a_503_and_the_service_recovers(serve, tmp_path):
     target = create_app(
         {"SQLALCHEMY_DATABASE_URI": POSTGRES_URL, "JWT_SECRET_KEY": "x" * 32, "AUTO_MIGRATE": False}, instance_path=str(tmp_path)
     )
+    drop_everything(POSTGRES_URL)  # whatever an earlier run, maybe of an older schema, left there
     with target.app_context():
         db.create_all()
         proxy = Proxy(db.engine.url.port or 5432)
@@ -388,6 +393,9 @@ def test_sixteen_concurrent_writers_never_see_a_5xx_or_a_locked_database(serve):
         thread.join()
     assert set(outcomes) <= {200, 201, 204}, outcomes
     assert outcomes[201] > 16
+    for headers in users:  # every task written was deleted again, and counted both ways
+        status, response_headers, body = call("GET", f"{base}/api/tasks", headers=headers)
+        assert (status, body, json.loads(response_headers["X-Pagination"])["total"]) == (200, [], 0)
     log = server.log.read_text()
     assert "database is locked" not in log and "Traceback" not in log
 
