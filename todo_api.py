@@ -202,7 +202,9 @@ class JWTManager(flask_jwt_extended.JWTManager):
         claims = verified.get(encoded_token)
         if claims is not None and not csrf_value:
             leeway = current_app.config["JWT_DECODE_LEEWAY"]  # seconds, or a timedelta
-            if time.time() < claims["exp"] + getattr(leeway, "total_seconds", lambda: leeway)():
+            if isinstance(leeway, timedelta):
+                leeway = leeway.total_seconds()
+            if time.time() < claims["exp"] + leeway:
                 return dict(claims)
         claims = super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
         if not allow_expired and "exp" in claims:

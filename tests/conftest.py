@@ -1,6 +1,7 @@
 """Fixtures: an app on a real database (SQLite, or PostgreSQL when TEST_DATABASE_URL is set),
 a client, and users and tasks made through the API itself."""
 
+import contextlib
 import itertools
 import os
 
@@ -61,6 +62,23 @@ def runner(app):
 
 def bearer(token):
     return {"Authorization": f"Bearer {token}"}
+
+
+@contextlib.contextmanager
+def recorded_selects(app):
+    """The SELECT statements the app's database runs inside the block."""
+    selects = []
+
+    def record(_conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    with app.app_context():
+        db.event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            yield selects
+        finally:
+            db.event.remove(db.engine, "before_cursor_execute", record)
 
 
 @pytest.fixture

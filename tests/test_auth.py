@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import jwt as pyjwt
 import pytest
-from conftest import PASSWORD, bearer
+from conftest import PASSWORD, bearer, recorded_selects
 from flask_jwt_extended import create_access_token, decode_token
 from sqlalchemy import func, select
 
@@ -494,18 +494,8 @@ def test_a_trusted_proxy_supplies_the_client_address(make_user, client):
 def test_authentication_costs_one_query(app, client, make_user):
     """The session check and the user come together, in one SELECT."""
     user = make_user()
-    statements = []
-
-    def record(conn, cursor, statement, *args):
-        if statement.lstrip().upper().startswith("SELECT"):
-            statements.append(statement)
-
-    with app.app_context():
-        db.event.listen(db.engine, "before_cursor_execute", record)
-        try:
-            response = client.get("/api/auth/me", headers=user["headers"])
-        finally:
-            db.event.remove(db.engine, "before_cursor_execute", record)
+    with recorded_selects(app) as statements:
+        response = client.get("/api/auth/me", headers=user["headers"])
     assert response.status_code == 200
     assert len(statements) == 1, statements
     assert "sessions" in statements[0] and "users" in statements[0]

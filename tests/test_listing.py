@@ -5,6 +5,7 @@ import re
 from datetime import datetime
 
 import pytest
+from conftest import recorded_selects
 
 from todo_api import SORT_KEYS, Task, db, listing_statements
 
@@ -233,19 +234,9 @@ def test_bad_query_parameters_are_a_422_naming_them(listing, query, name):
 def test_listing_loads_tags_without_a_query_per_task(app, listing, make_task):
     for n in range(5):
         make_task(title=f"t{n}", tags=[f"a{n}", "b"])
-    statements = []
-
-    def record(conn, cursor, statement, *args):
-        statements.append(statement)
-
-    with app.app_context():
-        db.event.listen(db.engine, "before_cursor_execute", record)
-        try:
-            response = listing("?tag=b&page_size=2")
-        finally:
-            db.event.remove(db.engine, "before_cursor_execute", record)
+    with recorded_selects(app) as selects:
+        response = listing("?tag=b&page_size=2")
     assert [task["tags"] for task in response.json] == [["a4", "b"], ["a3", "b"]]
-    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     # the caller's session and user, the page, and the count
     assert len(selects) == 3, selects
 
@@ -258,21 +249,11 @@ def test_unfiltered_total_follows_creates_and_deletes_without_counting(app, clie
     assert client.delete(f"/api/tasks/{gone['id']}", headers=auth_headers).status_code == 404  # no second decrement
     refused = client.post("/api/tasks", json={"title": ""}, headers=auth_headers)
     assert refused.status_code == 422  # nothing stored, nothing counted
-    statements = []
-
-    def record(conn, cursor, statement, *args):
-        statements.append(statement)
-
-    with app.app_context():
-        db.event.listen(db.engine, "before_cursor_execute", record)
-        try:
-            response = listing("?page_size=2")
-        finally:
-            db.event.remove(db.engine, "before_cursor_execute", record)
+    with recorded_selects(app) as selects:
+        response = listing("?page_size=2")
     assert response.status_code == 200
     assert pagination(response)["total"] == len(kept) == 3
     assert len(response.json) == 2
-    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     # the caller's session and user (with the task counter), and the page: no COUNT
     assert len(selects) == 2, selects
     assert not any("count(" in s.lower() for s in selects), selects
