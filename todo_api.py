@@ -60,6 +60,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    and_,
     bindparam,
     create_engine,
     delete,
@@ -362,7 +363,7 @@ class Task(db.Model):
     def tags(self, tags):
         kept = [row for row in self.tag_rows if row.tag in tags]
         present = {row.tag for row in kept}
-        self.tag_rows = kept + [TaskTag(tag=tag) for tag in tags if tag not in present]
+        self.tag_rows = kept + [TaskTag(tag=tag, user_id=self.user_id) for tag in tags if tag not in present]
         self.tag_list = tags
 
     @validates("title", "description")
@@ -406,9 +407,15 @@ Index("ix_tasks_user_due_desc", Task.user_id, Task.due_date.is_(None), Task.due_
 
 class TaskTag(db.Model):
     __tablename__ = "task_tags"
+    # A tag filter reads one user's slice of this index (or checks each of the user's tasks by
+    # the primary key), never other users' tag rows.
+    __table_args__ = (Index("ix_task_tags_user_tag", "user_id", "tag", "task_id"),)
 
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
     tag: Mapped[str] = mapped_column(String(50), primary_key=True)
+    # The task's owner, copied when the row is written (tasks never change owner); the rows go
+    # with their task.
+    user_id: Mapped[int] = mapped_column(Id)
 
 
 # --- Schemas ---
@@ -1018,7 +1025,7 @@ TASK_COLUMNS = [
 FILTER_CONDITIONS = {
     "completed": Task.completed == bindparam("completed"),
     "priority": Task.priority_rank == bindparam("priority"),
-    "tag": Task.tag_rows.any(TaskTag.tag == bindparam("tag")),
+    "tag": Task.tag_rows.any(and_(TaskTag.user_id == bindparam("user_id"), TaskTag.tag == bindparam("tag"))),
     "q": Task.search_key.like(bindparam("q"), escape="/"),
     "due_before": Task.due_date < bindparam("due_before"),
     "due_after": Task.due_date > bindparam("due_after"),
@@ -1236,7 +1243,7 @@ def insert_task(user_id, data):
     connection = db.session.connection()
     task = connection.execute(INSERT_TASK, values).one()
     if data["tags"]:
-        connection.execute(INSERT_TAGS, [{"task_id": task.id, "tag": tag} for tag in data["tags"]])
+        connection.execute(INSERT_TAGS, [{"task_id": task.id, "user_id": user_id, "tag": tag} for tag in data["tags"]])
     connection.execute(COUNT_TASKS, {"owner": user_id, "change": 1})
     db.session.commit()
     return task

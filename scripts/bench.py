@@ -213,7 +213,7 @@ def seed_scale(database_url, big_user_tasks, total_tasks):
                     "tags": [tag], "created_at": created, "updated_at": created, "version": 1,
                     "title_key": title.lower(), "search_key": f"{title}\x1f".lower(),
                 })  # fmt: skip
-                tags.append({"task_id": next_id, "tag": tag})
+                tags.append({"task_id": next_id, "user_id": user_id, "tag": tag})
                 next_id += 1
                 if len(rows) >= 20_000:
                     flush()

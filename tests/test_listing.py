@@ -6,8 +6,9 @@ from datetime import datetime
 
 import pytest
 from conftest import recorded_selects
+from sqlalchemy import insert, literal, select, true
 
-from todo_api import SORT_KEYS, Task, db, listing_statements
+from todo_api import SORT_KEYS, Task, TaskTag, db, listing_statements
 
 
 def ids(response):
@@ -277,23 +278,32 @@ def planner_data():
 @pytest.mark.parametrize("filters", [frozenset(), frozenset({"tag"}), frozenset({"completed", "q"})])
 def test_every_listing_order_reads_an_index_without_sorting(app, make_user, planner_data, sort, filters):
     """The query plan reads one user's slice of an index in the requested order, with no sort
-    step (SQLite always; PostgreSQL, costing by its statistics, may instead start from a rare
-    tag and sort the few matches, but never scans the whole table)."""
+    step (SQLite always; PostgreSQL, costing by its statistics, may instead start from the
+    user's rows with a rare tag and sort the few matches), and never a table scan."""
     page, _ = listing_statements(filters, sort)
     values = {"user_id": 1, "completed": True, "priority": 2, "tag": "x", "q": "%x%", "due_before": datetime(2030, 1, 1)}
     statement = page.limit(20).offset(0).params(**{name: values[name] for name in page.compile().params if name in values})
     users = [make_user()["user"]["id"], make_user()["user"]["id"]]
     with app.app_context(), db.engine.begin() as connection:
         connection.execute(Task.__table__.insert(), [{**row, "user_id": users[row["user_id"] - 1]} for row in planner_data])
+        # Every task tagged "common", one in twenty "x" too (the filtered tag).
+        for tag, condition in (("common", true()), ("x", Task.id % 20 == 0)):
+            tagged = select(Task.id, Task.user_id, literal(tag)).where(Task.user_id.in_(users), condition)
+            connection.execute(insert(TaskTag).from_select(["task_id", "user_id", "tag"], tagged))
         connection.exec_driver_sql("ANALYZE")
         statement = statement.params(user_id=users[0])
         sql = str(statement.compile(dialect=db.engine.dialect, compile_kwargs={"literal_binds": True}))
         if db.engine.dialect.name == "postgresql":
             plan = "\n".join(connection.exec_driver_sql("EXPLAIN " + sql.replace("%", "%%")).scalars())
-            assert "Seq Scan on tasks" not in plan, plan  # never other users' rows
+            assert "Seq Scan" not in plan, plan  # never other users' rows, of tasks or of tags
+            ordered = r"Index Scan (Backward )?using ix_tasks_user_\w+ on tasks.*\n.*Index Cond: .*user_id = "
             if not filters:
                 assert "Sort" not in plan, plan
-                assert re.search(r"Index Scan (Backward )?using ix_tasks_user_\w+ on tasks.*\n.*Index Cond: .*user_id = ", plan), plan
+                assert re.search(ordered, plan), plan
+            elif "tag" in filters:  # the user's tasks in order, or the user's rows with the tag
+                assert re.search(ordered, plan) or re.search(
+                    r"using ix_task_tags_user_tag on task_tags.*\n.*Index Cond: .*user_id = ", plan
+                ), plan
         else:
             plan = "\n".join(row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
             assert "TEMP B-TREE" not in plan, plan

@@ -1,5 +1,7 @@
 """The migrations build exactly the models' schema, keep data, and run at start."""
 
+import json
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -80,6 +82,21 @@ def test_a_database_from_before_migrations_is_adopted_with_its_data(config, tmp_
         db.engine.dispose()
 
 
+def insert_task_of_old_schema(user_id, title, tags=()):
+    """A task (and its tag rows) as the migrations before 9d41c2b7e5a8 stored it; its id."""
+    task_id = db.session.execute(
+        text(
+            "INSERT INTO tasks (user_id, title, description, completed, priority, tags, created_at, updated_at, version, "
+            "title_key, search_key) VALUES (:user_id, :title, '', false, 1, :tags, '2026-01-01', '2026-01-01', 1, :key, :search) "
+            "RETURNING id"
+        ),
+        {"user_id": user_id, "title": title, "tags": json.dumps(sorted(tags)), "key": title.lower(), "search": title.lower()},
+    ).scalar()
+    for tag in tags:
+        db.session.execute(text("INSERT INTO task_tags (task_id, tag) VALUES (:task_id, :tag)"), {"task_id": task_id, "tag": tag})
+    return task_id
+
+
 def test_upgrading_counts_the_tasks_users_already_have(bare_app):
     with bare_app.app_context():
         upgrade(revision="e7dcfebc8909")  # before users had a task counter
@@ -87,16 +104,41 @@ def test_upgrading_counts_the_tasks_users_already_have(bare_app):
             text("INSERT INTO users (id, email, name, password_hash, created_at) VALUES (1, 'c@example.com', '', 'x', '2026-01-01')")
         )
         for n in range(3):
-            db.session.execute(
-                text(
-                    "INSERT INTO tasks (user_id, title, description, completed, priority, tags, created_at, updated_at, version, "
-                    "title_key, search_key) VALUES (1, :title, '', false, 1, '[]', '2026-01-01', '2026-01-01', 1, :key, :search)"
-                ),
-                {"title": f"t{n}", "key": f"t{n}", "search": f"t{n}"},
-            )
+            insert_task_of_old_schema(1, f"t{n}")
         db.session.commit()
         upgrade()
         assert db.session.execute(text("SELECT task_count FROM users WHERE id = 1")).scalar() == 3
         db.session.rollback()  # end the read: the downgrade alters the table it read
         downgrade(revision="e7dcfebc8909")
         assert db.session.execute(text("SELECT count(*) FROM tasks")).scalar() == 3
+
+
+def test_upgrading_gives_existing_tag_rows_their_tasks_owner(bare_app):
+    with bare_app.app_context():
+        upgrade(revision="5b1e6f0c3a27")  # before tag rows carried the owner
+        for user_id in (1, 2):
+            db.session.execute(
+                text("INSERT INTO users (id, email, name, password_hash, created_at) VALUES (:id, :email, '', :hash, '2026-01-01')"),
+                {"id": user_id, "email": f"u{user_id}@example.com", "hash": password_hasher.hash("password123")},
+            )
+        home = insert_task_of_old_schema(1, "Home", ["home", "weekly"])
+        insert_task_of_old_schema(1, "Work", ["work"])
+        insert_task_of_old_schema(2, "Theirs", ["home"])
+        db.session.commit()
+        upgrade()
+        owners = db.session.execute(
+            text("SELECT task_tags.user_id, tasks.user_id FROM task_tags JOIN tasks ON tasks.id = task_tags.task_id")
+        ).all()
+        assert len(owners) == 4 and all(tag_owner == task_owner for tag_owner, task_owner in owners), owners
+        db.session.rollback()  # end the read before the requests and the downgrade
+
+    client = bare_app.test_client()
+    login = client.post("/api/auth/login", json={"email": "u1@example.com", "password": "password123"})
+    assert login.status_code == 200
+    response = client.get("/api/tasks?tag=home", headers={"Authorization": f"Bearer {login.json['access_token']}"})
+    assert response.status_code == 200
+    assert [(task["id"], task["tags"]) for task in response.json] == [(home, ["home", "weekly"])]
+
+    with bare_app.app_context():
+        downgrade(revision="5b1e6f0c3a27")
+        assert db.session.execute(text("SELECT count(*) FROM task_tags")).scalar() == 4
