@@ -307,4 +307,5 @@ def test_every_listing_order_reads_an_index_without_sorting(app, make_user, plan
         else:
             plan = "\n".join(row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
             assert "TEMP B-TREE" not in plan, plan
+            assert not re.search(r"\bSCAN (tasks|task_tags)\b", plan), plan  # searches only, by index or key
             assert re.search(r"SEARCH tasks USING INDEX ix_tasks_user_\w+ \(user_id=\?", plan), plan
