@@ -16,14 +16,16 @@ down_revision = "5b1e6f0c3a27"
 branch_labels = None
 depends_on = None
 
+ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # as the models' ids
+
 
 def upgrade():
     with op.batch_alter_table("task_tags") as batch_op:
-        batch_op.add_column(sa.Column("user_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True))
+        batch_op.add_column(sa.Column("user_id", ID, nullable=True))
     # Existing tag rows take their task's owner, in this migration's transaction.
     op.execute("UPDATE task_tags SET user_id = (SELECT tasks.user_id FROM tasks WHERE tasks.id = task_tags.task_id)")
     with op.batch_alter_table("task_tags") as batch_op:
-        batch_op.alter_column("user_id", existing_type=sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False)
+        batch_op.alter_column("user_id", existing_type=ID, nullable=False)
         batch_op.create_index("ix_task_tags_user_tag", ["user_id", "tag", "task_id"], unique=False)
 
 
