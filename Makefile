@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test fuzz bench upgrade clean
+.PHONY: run test lint fuzz bench upgrade clean
 
 # Rebuilt whenever requirements.txt is newer than the last install.
 $(VENV)/.installed: requirements.txt
@@ -22,6 +22,10 @@ run: upgrade
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Schemathesis against a gunicorn server on loopback (FUZZ_DATABASE_URL picks the database).
 fuzz: $(VENV)/.installed
