@@ -10,8 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, func, select
 
+from scripts.loopback import call, free_port, wait_until_healthy
 from todo_api import Task, TaskTag, User, create_app, db, drop_everything
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,25 +29,6 @@ POSTGRES_URL = (
     and os.environ["TEST_DATABASE_URL"]
     or "postgresql://postgres@127.0.0.1:5432/test"
 )
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def call(method, url, body=None, headers=None, timeout=30):
-    """(status, headers, JSON body) of one request."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data, {"Content-Type": "application/json", **(headers or {})}, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
-            return response.status, response.headers, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as error:
-        raw = error.read()
-        return error.code, error.headers, json.loads(raw) if raw else None
 
 
 def bearer(token):
@@ -69,15 +49,8 @@ class Server:
         self.wait_until_healthy()
 
     def wait_until_healthy(self, seconds=30):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                if call("GET", f"{self.base}/health", timeout=5)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"gunicorn on {self.base} is not healthy:\n{self.log.read_text()[-3000:]}")
+        if not wait_until_healthy(self.base, seconds):
+            raise AssertionError(f"gunicorn on {self.base} is not healthy:\n{self.log.read_text()[-3000:]}")
 
     def workers(self):
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
