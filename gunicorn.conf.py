@@ -22,6 +22,9 @@ keepalive = 5
 max_requests = 10_000  # recycle workers now and then, with jitter so they do not all restart together
 max_requests_jitter = 1_000
 limit_request_line = 8190
+# gunicorn 27's control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl), which a
+# second instance on the host would take over; nothing here uses it.
+control_socket_disable = True
 
 # Access log: the app writes one JSON line per request (id, method, path, status, duration) to
 # stderr, so gunicorn's own access log stays off; its error log goes to stderr too.
