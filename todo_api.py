@@ -31,6 +31,7 @@ import click
 import flask_jwt_extended
 import flask_smorest
 import marshmallow as ma
+from apispec import BasePlugin
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import Flask, current_app, g, has_request_context, jsonify, request, send_from_directory, url_for
@@ -78,6 +79,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship,
 from sqlalchemy.orm.exc import StaleDataError
 from swagger_ui_bundle import swagger_ui_path
 from webargs.flaskparser import FlaskParser
+from werkzeug.http import quote_etag
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 # --- Config ---
@@ -429,16 +431,18 @@ SPACE = f"[{SPACE_CHARS}]"
 class Text(fields.String):
     """A string of valid Unicode (no lone surrogate). With `stored`, no NUL either, which
     PostgreSQL cannot store. With `trimmed=(min, max)`, surrounding white space is dropped and
-    the length counted after that. The OpenAPI pattern tells clients the same rules."""
+    the length counted after that; as sent, it may be at most twice `max` long. The OpenAPI
+    pattern (the trimmed rule) and lengths (as sent) tell clients exactly the same."""
 
     def __init__(self, *, trimmed=None, stored=True, **kwargs):
+        metadata = {}
         if trimmed:
             low, high = trimmed  # low is 1: at least one visible character
-            pattern = rf"^{SPACE}*[^{SPACE_CHARS}\u0000](?:[^\u0000]{{0,{high - 2}}}[^{SPACE_CHARS}\u0000])?{SPACE}*$"
-        else:
-            pattern = r"^[^\u0000]*$" if stored else None
-        if pattern:
-            kwargs["metadata"] = {"pattern": pattern, **kwargs.get("metadata", {})}
+            metadata["pattern"] = rf"^{SPACE}*[^{SPACE_CHARS}\u0000](?:[^\u0000]{{0,{high - 2}}}[^{SPACE_CHARS}\u0000])?{SPACE}*$"
+            metadata.update(minLength=low, maxLength=2 * high)
+        elif stored:
+            metadata["pattern"] = r"^[^\u0000]*$"
+        kwargs["metadata"] = {**metadata, **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
         self.trimmed, self.stored = trimmed, stored
 
@@ -451,10 +455,13 @@ class Text(fields.String):
         except UnicodeEncodeError:
             raise ma.ValidationError("Must be valid Unicode text.") from None
         if self.trimmed:
+            low, high = self.trimmed
+            if len(value) > 2 * high:
+                raise ma.ValidationError(f"Longer than {2 * high} characters.")
             value = value.strip()
-            # Checked here, not with validate.Length, which would document the untrimmed length.
-            if not self.trimmed[0] <= len(value) <= self.trimmed[1]:
-                raise ma.ValidationError("Length must be between {} and {} after trimming white space.".format(*self.trimmed))
+            # Checked here, not with validate.Length, which would count the untrimmed length.
+            if not low <= len(value) <= high:
+                raise ma.ValidationError(f"Length must be between {low} and {high} after trimming white space.")
         return value
 
 
@@ -494,7 +501,8 @@ class TagList(fields.List):
 
     def __init__(self, **kwargs):
         tag = Text(trimmed=(1, 50))
-        super().__init__(tag, metadata={"maxItems": 20, "description": "At most 20 distinct tags."}, **kwargs)
+        description = "Up to 20 tags of 1-50 characters each after trimming (at most 100 as sent); stored lower-cased, de-duplicated and sorted. Default on POST and PUT: []."
+        super().__init__(tag, metadata={"maxItems": 20, "description": description}, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         tags = sorted({tag.lower() for tag in super()._deserialize(value, attr, data, **kwargs)})
@@ -503,28 +511,45 @@ class TagList(fields.List):
         return tags
 
 
+class PriorityName(fields.Field):
+    """A priority, stored as its rank (0, 1, 2: they sort low < medium < high), written by name."""
+
+    def __init__(self, **kwargs):
+        super().__init__(attribute="priority_rank", metadata={"type": "string", "enum": list(PRIORITIES)}, **kwargs)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return PRIORITIES[value]
+
+
 class StrictSchema(ma.Schema):
     class Meta:
         unknown = ma.RAISE
 
 
 # Passwords are hashed, never stored: any Unicode will do.
-Password = Text(required=True, stored=False, validate=validate.Length(8, 128), load_only=True)
+Password = Text(
+    required=True, stored=False, validate=validate.Length(8, 128), load_only=True, metadata={"description": "8 to 128 characters."}
+)
+EMAIL_RULE = "At most 254 characters; compared and stored lower-cased."
 
 
 class SignupSchema(StrictSchema):
-    email = Email(required=True, validate=validate.Length(max=254))
+    email = Email(required=True, validate=validate.Length(max=254), metadata={"description": EMAIL_RULE})
     password = Password
-    name = Text(allow_none=True, validate=validate.Length(max=100), metadata={"description": "optional; null means no name"})
+    name = Text(
+        allow_none=True,
+        validate=validate.Length(max=100),
+        metadata={"description": "Optional, at most 100 characters; null or missing means no name."},
+    )
 
 
 class LoginSchema(StrictSchema):
-    email = Email(required=True, validate=validate.Length(max=254))
+    email = Email(required=True, validate=validate.Length(max=254), metadata={"description": EMAIL_RULE})
     password = Text(required=True, stored=False, load_only=True, validate=validate.Length(max=128))
 
 
 class ProfileSchema(StrictSchema):
-    name = Text(required=True, validate=validate.Length(max=100))
+    name = Text(required=True, validate=validate.Length(max=100), metadata={"description": 'At most 100 characters; "" for no name.'})
 
 
 class PasswordChangeSchema(StrictSchema):
@@ -532,22 +557,39 @@ class PasswordChangeSchema(StrictSchema):
     new_password = Password
 
 
+# What POST and PUT give the fields they are not sent. Applied on load, not declared as marshmallow
+# defaults: those would become OpenAPI defaults, which generated clients send or require.
+TASK_DEFAULTS = {"description": "", "completed": False, "priority": "medium", "due_date": None, "tags": ()}
+
+
 class TaskInSchema(StrictSchema):
     """TaskIn: every writable field. Loaded whole for POST and PUT, partially for PATCH."""
 
-    title = Text(required=True, trimmed=(1, 200))
-    description = Text(
-        allow_none=True, load_default="", validate=validate.Length(max=2000), metadata={"description": 'null is taken as ""'}
+    title = Text(
+        required=True,
+        trimmed=(1, 200),
+        metadata={"description": "1-200 characters after trimming surrounding white space; at most 400 as sent."},
     )
-    completed = StrictBoolean(load_default=False)
-    priority = fields.String(load_default="medium", validate=validate.OneOf(PRIORITIES))
-    due_date = UTCDateTime(allow_none=True, load_default=None)
-    tags = TagList(load_default=list)
+    description = Text(
+        allow_none=True,
+        validate=validate.Length(max=2000),
+        metadata={"description": 'At most 2000 characters; null is taken as "". Default on POST and PUT: "".'},
+    )
+    completed = StrictBoolean(metadata={"description": "JSON true or false. Default on POST and PUT: false."})
+    priority = fields.String(validate=validate.OneOf(PRIORITIES), metadata={"description": "Default on POST and PUT: medium."})
+    due_date = UTCDateTime(
+        allow_none=True, metadata={"description": "ISO 8601; without an offset it is UTC. Default on POST and PUT: null."}
+    )
+    tags = TagList()
 
     @ma.post_load
-    def null_description_is_empty(self, data, **_kwargs):
+    def complete_the_task(self, data, partial, **_kwargs):
+        """PATCH keeps what it was sent; POST and PUT fill in every default."""
         if "description" in data and data["description"] is None:
             data["description"] = ""
+        if not partial:
+            data = {**TASK_DEFAULTS, **data}
+            data["tags"] = list(data["tags"])
         return data
 
 
@@ -559,33 +601,42 @@ class TaskPatchSchema(TaskInSchema):
 
 
 SORT_KEYS = ("created_at", "updated_at", "due_date", "priority", "title")
+SORTS = [*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)]
 
 
 class TaskQueryArgsSchema(StrictSchema):
-    page = fields.Integer(load_default=1, validate=validate.Range(1, 2_147_483_647))
-    page_size = fields.Integer(load_default=20, validate=validate.Range(1, 100))
-    completed = fields.Boolean(truthy={"true"}, falsy={"false"})
-    priority = fields.String(validate=validate.OneOf(PRIORITIES))
-    tag = Text(trimmed=(1, 50))
-    q = Text(validate=validate.Length(1, 200))
-    due_before = UTCDateTime()
-    due_after = UTCDateTime()
-    sort = fields.String(load_default="-created_at", validate=validate.OneOf([*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)]))
+    page = fields.Integer(load_default=1, validate=validate.Range(1, 2_147_483_647), metadata={"description": "1-based page number."})
+    page_size = fields.Integer(load_default=20, validate=validate.Range(1, 100), metadata={"description": "Tasks per page."})
+    completed = fields.Boolean(truthy={"true"}, falsy={"false"}, metadata={"description": "Only completed (true) or open (false) tasks."})
+    priority = fields.String(validate=validate.OneOf(PRIORITIES), metadata={"description": "Only tasks of this priority."})
+    tag = Text(trimmed=(1, 50), metadata={"description": "Only tasks carrying this tag (any case; 1-50 characters after trimming)."})
+    q = Text(validate=validate.Length(1, 200), metadata={"description": "Text found in the title or the description (any case)."})
+    due_before = UTCDateTime(metadata={"description": "Only tasks due before this time (exclusive); tasks with no due date are left out."})
+    due_after = UTCDateTime(metadata={"description": "Only tasks due after this time (exclusive); tasks with no due date are left out."})
+    sort = fields.String(
+        load_default="-created_at",
+        validate=validate.OneOf(SORTS),
+        metadata={
+            "description": "Order: a field, ascending, or descending with a leading '-'. Ties are broken by id in the same "
+            "direction; tasks with no due date come last; priority orders low < medium < high; titles ignore case.",
+            "x-enum-varnames": [key.upper() for key in SORT_KEYS] + [f"{key.upper()}_DESC" for key in SORT_KEYS],
+        },
+    )
 
 
 class UserSchema(ma.Schema):
-    id = fields.Integer()
-    email = fields.String()
-    name = fields.String()
-    created_at = UTCDateTime()
+    id = fields.Integer(required=True)
+    email = fields.String(required=True)
+    name = fields.String(required=True, metadata={"description": '"" when the user gave none.'})
+    created_at = UTCDateTime(required=True)
 
 
 class TokenPairSchema(ma.Schema):
-    access_token = fields.String()
-    refresh_token = fields.String()
-    token_type = fields.String(metadata={"enum": ["Bearer"]})
-    expires_in = fields.Integer(metadata={"description": "Lifetime of the access token in seconds."})
-    user = fields.Nested(UserSchema)
+    access_token = fields.String(required=True)
+    refresh_token = fields.String(required=True)
+    token_type = fields.String(required=True, metadata={"enum": ["Bearer"]})
+    expires_in = fields.Integer(required=True, metadata={"description": "Lifetime of the access token in seconds."})
+    user = fields.Nested(UserSchema, required=True)
 
 
 def utc_iso(value):
@@ -594,16 +645,16 @@ def utc_iso(value):
 
 
 class TaskSchema(ma.Schema):
-    id = fields.Integer()
-    title = fields.String()
-    description = fields.String()
-    completed = fields.Boolean()
-    completed_at = UTCDateTime(allow_none=True)
-    priority = fields.Function(lambda task: PRIORITIES[task.priority_rank], metadata={"type": "string", "enum": list(PRIORITIES)})
-    due_date = UTCDateTime(allow_none=True)
-    tags = fields.List(fields.String())
-    created_at = UTCDateTime()
-    updated_at = UTCDateTime()
+    id = fields.Integer(required=True)
+    title = fields.String(required=True)
+    description = fields.String(required=True)
+    completed = fields.Boolean(required=True)
+    completed_at = UTCDateTime(required=True, allow_none=True, metadata={"description": "When it was completed; null while open."})
+    priority = PriorityName(required=True)
+    due_date = UTCDateTime(required=True, allow_none=True)
+    tags = fields.List(fields.String(), required=True, metadata={"description": "Sorted."})
+    created_at = UTCDateTime(required=True)
+    updated_at = UTCDateTime(required=True, metadata={"description": "Moves on every change."})
 
     def _serialize(self, obj, *, many=False):
         """A task (a row or an ORM object: the database already gives every field its JSON type)
@@ -627,8 +678,8 @@ class TaskSchema(ma.Schema):
 
 
 class HealthSchema(ma.Schema):
-    status = fields.String()
-    database = fields.String()
+    status = fields.String(required=True, metadata={"enum": ["ok"]})
+    database = fields.String(required=True, metadata={"enum": ["ok"]})
 
 
 class ErrorSchema(ma.Schema):
@@ -637,7 +688,11 @@ class ErrorSchema(ma.Schema):
     code = fields.Integer(required=True, metadata={"description": "HTTP status code"})
     status = fields.String(required=True, metadata={"description": "HTTP reason phrase"})
     message = fields.String(required=True, metadata={"description": "For humans"})
-    errors = fields.Dict(metadata={"description": "422 only: location -> field -> messages"})
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(keys=fields.String(), values=fields.List(fields.String())),
+        metadata={"description": "422 only: location (json, query, headers) -> field -> messages"},
+    )
 
 
 # --- Errors ---
@@ -669,7 +724,9 @@ class Api(flask_smorest.Api):
         message = data.get("message") or MESSAGES.get(error.code) or error.description
         payload = error_body(error.code, message)
         if errors := data.get("errors") or data.get("messages"):
-            payload["errors"] = errors
+            payload["errors"] = {
+                location: {field: flat_messages(messages) for field, messages in by_field.items()} for location, by_field in errors.items()
+            }
         # werkzeug's own headers (Allow on a 405), then those passed to abort().
         headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
         headers.update(data.get("headers") or {})
@@ -678,11 +735,19 @@ class Api(flask_smorest.Api):
             headers["Retry-After"] = str(retry_after_seconds())
         return payload, error.code, headers
 
-    def _register_etag_headers(self):
-        # As flask-smorest's, but If-Match is honoured when sent, never required.
-        self.spec.components.parameter("IF_NONE_MATCH", "header", flask_smorest.etag.IF_NONE_MATCH_HEADER)
-        self.spec.components.parameter("IF_MATCH", "header", {**flask_smorest.etag.IF_MATCH_HEADER, "required": False})
-        self.spec.components.header("ETAG", flask_smorest.etag.ETAG_HEADER)
+
+def flat_messages(messages, prefix=""):
+    """One field's messages as a list of strings, as the error schema says: marshmallow nests
+    the messages of a list's items (and of nested fields) in dicts; each keeps its item's name."""
+    if isinstance(messages, dict):
+        return [
+            message
+            for key, nested in messages.items()
+            for message in flat_messages(nested, f"{prefix}{f'item {key}' if isinstance(key, int) else key}: ")
+        ]
+    if isinstance(messages, list):
+        return [message for nested in messages for message in flat_messages(nested, prefix)]
+    return [f"{prefix}{messages}"]
 
 
 def retry_after_seconds():
@@ -718,20 +783,9 @@ class Parser(FlaskParser):
 
 
 class Blueprint(flask_smorest.Blueprint):
-    """flask-smorest's Blueprint with the contract's parser and optional If-Match."""
+    """flask-smorest's Blueprint with the contract's parser."""
 
     ARGUMENTS_PARSER = Parser()
-
-    def _check_precondition(self):
-        """If-Match is optional: no 428 when it is missing."""
-
-    def _verify_check_etag(self):
-        """check_etag runs only when If-Match was sent; nothing to warn about."""
-
-    def check_if_match(self, task):
-        """412 unless the task still has the ETag the client sent, if it sent one."""
-        if request.if_match:
-            self.check_etag(etag_data(task))
 
     def errors(self, *codes):
         """Document error responses (in the one error shape) an operation can give."""
@@ -744,19 +798,85 @@ class Blueprint(flask_smorest.Blueprint):
         return decorator
 
 
-def etag_data(task):
-    return {"id": task.id, "version": task.version}
+# --- OpenAPI document ---
+
+# A realistic body for each error status the service answers (500: the default response).
+ERROR_EXAMPLES = {
+    400: error_body(400, MESSAGES[400]),
+    401: error_body(401, "Token has expired."),
+    403: error_body(403, "This path belongs to another user."),
+    404: error_body(404, "Task not found."),
+    405: error_body(405, MESSAGES[405]),
+    409: error_body(409, "This email is already registered."),
+    412: error_body(412, MESSAGES[412]),
+    413: error_body(413, MESSAGES[413]),
+    415: error_body(415, MESSAGES[415]),
+    422: error_body(422, MESSAGES[422], errors={"json": {"title": ["Missing data for required field."]}}),
+    429: error_body(429, "Too many requests (10 per 1 minute); retry later."),
+    500: error_body(500, MESSAGES[500]),
+    503: error_body(503, MESSAGES[503]),
+}
 
 
-def document_responses(codes):
-    """A flask-smorest doc callback adding error responses to every operation of a blueprint."""
+def header_doc(description, *, always=True, **schema):
+    """A response header's documentation; `always`: every such response carries it."""
+    return {"description": description, "required": always, "schema": {"type": "string", **schema}}
 
-    def callback(doc, _doc_info, **_kwargs):
-        for code in codes:
-            doc.setdefault("responses", {}).setdefault(code, HTTPStatus(code).name)
-        return doc
 
-    return callback
+REQUEST_ID_HEADER = header_doc("The request's id: the client's own X-Request-ID when it sent a sane one, else a new one.")
+ERROR_HEADERS = {
+    401: {"WWW-Authenticate": header_doc('The bearer challenge, e.g. Bearer realm="todo-api", error="invalid_token".')},
+    405: {"Allow": header_doc("The methods the route allows.")},
+    429: {"Retry-After": header_doc("Seconds until the limit resets.", type="integer")},
+}
+NO_STORE_HEADER = {"Cache-Control": header_doc("no-store: the body holds tokens.", enum=["no-store"])}
+ETAG_HEADER = {"ETag": header_doc("The task's current version; send it back in If-Match or If-None-Match.")}
+IF_MATCH = {
+    "in": "header",
+    "name": "If-Match",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "Optional: the ETag the change is based on; a task that changed since answers 412 and is left as it is.",
+}
+IF_NONE_MATCH = {
+    "in": "header",
+    "name": "If-None-Match",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "Optional: the ETag of the copy you hold; an unchanged task answers 304 without a body.",
+}
+
+
+# Errors every operation of a blueprint (named by its tag) can answer.
+BLUEPRINT_ERRORS = {"auth": [503], "tasks": [401, 503], "phase2": [401, 403, 503]}
+
+
+class ClientDocPlugin(BasePlugin):
+    """apispec plugin: what client generators need of the document beyond the decorators.
+
+    Error responses (flask-smorest registers one component per status) get a realistic example
+    and the headers sent with them; each operation lists its blueprint's errors (BLUEPRINT_ERRORS);
+    every response documents X-Request-ID; Phase II operations
+    get operation ids of their own (they share their views with /api/tasks)."""
+
+    def response_helper(self, response, **kwargs):
+        code = {status.phrase: status.value for status in HTTPStatus}.get(response.get("description"), 500)
+        if "content" not in response or code not in ERROR_EXAMPLES:
+            return None
+        content = {media: {**body, "example": ERROR_EXAMPLES[code]} for media, body in response["content"].items()}
+        return {"content": content, "headers": {"X-Request-ID": REQUEST_ID_HEADER, **ERROR_HEADERS.get(code, {})}}
+
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        for operation in (operations or {}).values():
+            if path.startswith("/api/{user_id}/") and "operationId" in operation:
+                operation["operationId"] = operation["operationId"].replace("Task", "UserTask", 1)
+            responses = operation.setdefault("responses", {})
+            for code in BLUEPRINT_ERRORS.get(operation.get("tags", [None])[0], ()):
+                if code not in responses and str(code) not in responses:
+                    responses[code] = HTTPStatus(code).name
+            for response in responses.values():
+                if isinstance(response, dict):
+                    response.setdefault("headers", {})["X-Request-ID"] = REQUEST_ID_HEADER
 
 
 def register_error_handlers(app):
@@ -875,16 +995,17 @@ def config_limit(key):
 # --- Auth blueprint ---
 
 auth = Blueprint("auth", __name__, url_prefix="/api/auth", description="Accounts, sessions and tokens.")
-auth._prepare_doc_cbks.append(document_responses([503]))
 NO_AUTH = {"security": []}
+# Request examples that succeed as they are, in this order (Swagger UI's "Try it out").
+ACCOUNT = {"email": "ada@example.com", "password": "correct horse battery"}
 
 
 @auth.route("/signup", methods=["POST"])
 @limiter.limit(config_limit("SIGNUP_ADDRESS_LIMIT"))
-@auth.arguments(SignupSchema())
-@auth.response(201, TokenPairSchema)
+@auth.arguments(SignupSchema(), description="The new account.", example={**ACCOUNT, "name": "Ada"})
+@auth.response(201, TokenPairSchema, headers=NO_STORE_HEADER)
 @auth.errors(400, 409, 413, 415, 429)
-@auth.doc(**NO_AUTH)
+@auth.doc(operationId="signup", **NO_AUTH)
 def signup(data):
     """Create an account and log in"""
     user = User(email=data["email"], name=data.get("name") or "")
@@ -902,10 +1023,10 @@ def signup(data):
 @auth.route("/login", methods=["POST"])
 @limiter.limit(config_limit("LOGIN_ADDRESS_LIMIT"))
 @limiter.limit(config_limit("LOGIN_EMAIL_LIMIT"), key_func=login_email_key, deduct_when=lambda r: r.status_code == 401)
-@auth.arguments(LoginSchema())
-@auth.response(200, TokenPairSchema)
+@auth.arguments(LoginSchema(), description="The account's credentials.", example=ACCOUNT)
+@auth.response(200, TokenPairSchema, headers=NO_STORE_HEADER)
 @auth.errors(400, 401, 413, 415, 429)
-@auth.doc(**NO_AUTH)
+@auth.doc(operationId="login", **NO_AUTH)
 def login(data):
     """Log in: start a session"""
     user = db.session.scalar(select(User).where(User.email == data["email"]))
@@ -920,9 +1041,9 @@ def login(data):
 
 @auth.route("/refresh", methods=["POST"])
 @jwt_required(refresh=True)
-@auth.response(200, TokenPairSchema)
+@auth.response(200, TokenPairSchema, headers=NO_STORE_HEADER)
 @auth.errors(401)
-@auth.doc(description="Send the refresh token as the bearer token. The refresh token used is revoked.")
+@auth.doc(operationId="refreshTokens", description="Send the refresh token as the bearer token. The refresh token used is revoked.")
 def refresh():
     """Trade a refresh token for a new pair"""
     claims = get_jwt()
@@ -945,6 +1066,7 @@ def refresh():
 @jwt_required()
 @auth.response(204)
 @auth.errors(401)
+@auth.doc(operationId="logout")
 def logout():
     """Log out: revoke this session's access and refresh tokens"""
     db.session.execute(delete(UserSession).where(UserSession.id == get_jwt()["sid"]))
@@ -956,14 +1078,16 @@ class Me(MethodView):
     @jwt_required()
     @auth.response(200, UserSchema)
     @auth.errors(401)
+    @auth.doc(operationId="getAccount")
     def get(self):
         """Show your account"""
         return current_user
 
     @jwt_required()
-    @auth.arguments(ProfileSchema())
+    @auth.arguments(ProfileSchema(), description="Your new name.", example={"name": "Ada Lovelace"})
     @auth.response(200, UserSchema)
     @auth.errors(400, 401, 413, 415)
+    @auth.doc(operationId="updateAccount")
     def patch(self, data):
         """Change your name"""
         user = db.session.get(User, current_user.id)
@@ -974,7 +1098,7 @@ class Me(MethodView):
     @jwt_required(fresh=True)
     @auth.response(204)
     @auth.errors(401)
-    @auth.doc(description="Needs a fresh access token: one from signup or login, not from refresh.")
+    @auth.doc(operationId="deleteAccount", description="Needs a fresh access token: one from signup or login, not from refresh.")
     def delete(self):
         """Delete your account and all your tasks"""
         db.session.execute(delete(User).where(User.id == current_user.id))  # sessions and tasks cascade
@@ -983,10 +1107,14 @@ class Me(MethodView):
 
 @auth.route("/password", methods=["POST"])
 @jwt_required()
-@auth.arguments(PasswordChangeSchema())
-@auth.response(200, TokenPairSchema)
+@auth.arguments(
+    PasswordChangeSchema(),
+    description="The current password and the new one.",
+    example={"current_password": ACCOUNT["password"], "new_password": "correct horse battery staple"},
+)
+@auth.response(200, TokenPairSchema, headers=NO_STORE_HEADER)
 @auth.errors(400, 401, 403, 413, 415)
-@auth.doc(description="Every earlier token of this user is revoked; a new session starts.")
+@auth.doc(operationId="changePassword", description="Every earlier token of this user is revoked; a new session starts.")
 def change_password(data):
     """Change your password"""
     user = db.session.get(User, current_user.id)
@@ -1002,7 +1130,6 @@ def change_password(data):
 # --- Tasks blueprint ---
 
 tasks = Blueprint("tasks", __name__, url_prefix="/api/tasks", description="Your tasks.")
-tasks._prepare_doc_cbks.append(document_responses([401, 503]))
 
 SORT_COLUMNS = {
     "created_at": Task.created_at,
@@ -1127,14 +1254,40 @@ def caller_owns_path(view):
 
 
 LIST_HEADERS = {
-    # JSON in a header: documented as a string, or clients would parse it as a form-style object.
     "X-Pagination": {
-        "description": 'flask-smorest pagination metadata as JSON: {"total", "total_pages", "first_page", '
-        '"last_page", "page", "previous_page", "next_page"}; only total and total_pages when nothing matched',
-        "schema": {"type": "string"},
+        "description": "flask-smorest's pagination metadata, as JSON; only total and total_pages when nothing matched.",
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PaginationMetadata"}}},
     },
-    "Link": {"description": "RFC 8288 links to the first, prev, next and last pages", "schema": {"type": "string"}},
+    "Link": header_doc(
+        'RFC 8288 links to the first, prev, next and last pages, filters kept: </api/tasks?page=2>; rel="next", ...; none when nothing matched.',
+        always=False,
+    ),
 }
+CREATED_HEADERS = {**ETAG_HEADER, "Location": header_doc("The new task's URL: /api/tasks/<id>.")}
+TASK_EXAMPLE = {
+    "title": "Write the report",
+    "description": "Two pages",
+    "priority": "high",
+    "due_date": "2026-12-01T09:00:00Z",
+    "tags": ["work"],
+}
+
+
+def task_etag(task):
+    """A task's entity tag: its id and version, which moves on every write."""
+    return f"{task.id}.{task.version}"
+
+
+def with_etag(task):
+    """A task answer's body and its ETag header."""
+    return task, {"ETag": quote_etag(task_etag(task))}
+
+
+def check_if_match(task):
+    """412 unless the task still has the ETag the client sent, if it sent one (If-Match is optional)."""
+    if request.if_match and not request.if_match.contains(task_etag(task)):
+        abort(412)
 
 
 class OwnTasksView(MethodView):
@@ -1147,57 +1300,66 @@ class OwnTasksView(MethodView):
 class Tasks(OwnTasksView):
     @tasks.arguments(TaskQueryArgsSchema(), location="query")
     @tasks.response(200, TaskSchema(many=True), headers=LIST_HEADERS)
+    @tasks.doc(operationId="listTasks")
     def get(self, args):
         """List your tasks: filter, search, sort and page"""
         page, total = select_tasks(current_user, args)
         return page, pagination_headers(args, total)
 
-    @tasks.etag
-    @tasks.arguments(TaskInSchema())
-    @tasks.response(201, TaskSchema, headers={"Location": {"schema": {"type": "string"}}})
+    @tasks.arguments(TaskInSchema(), description="The new task; only title is required.", example=TASK_EXAMPLE)
+    @tasks.response(201, TaskSchema, headers=CREATED_HEADERS)
     @tasks.errors(400, 413, 415)
+    @tasks.doc(operationId="createTask")
     def post(self, data):
         """Create a task"""
-        task = insert_task(current_user.id, data)
-        tasks.set_etag(etag_data(task))
-        return task, {"Location": url_for("tasks.TaskById", task_id=task.id)}
+        task, headers = with_etag(insert_task(current_user.id, data))
+        return task, {**headers, "Location": url_for("tasks.TaskById", task_id=task.id)}
 
 
 @tasks.route("/<int:task_id>")
 class TaskById(OwnTasksView):
-    @tasks.etag
-    @tasks.response(200, TaskSchema)
+    @tasks.response(200, TaskSchema, headers=ETAG_HEADER)
+    @tasks.alt_response(304, description="Not Modified: If-None-Match names the task's current ETag.", headers=ETAG_HEADER)
     @tasks.errors(404)
+    @tasks.doc(operationId="getTask", parameters=[IF_NONE_MATCH])
     def get(self, task_id):
         """Show a task"""
         task = get_own_task_or_404(task_id, as_row=True)
-        tasks.set_etag(etag_data(task))
-        return task
+        if request.if_none_match.contains_weak(task_etag(task)):
+            not_modified = current_app.response_class(status=304)
+            not_modified.set_etag(task_etag(task))
+            return not_modified
+        return with_etag(task)
 
-    @tasks.etag
-    @tasks.arguments(TaskInSchema())
-    @tasks.response(200, TaskSchema)
-    @tasks.errors(400, 404, 413, 415)
-    @tasks.doc(description="Replaces every writable field: omitted optional fields go back to their defaults.")
+    @tasks.arguments(TaskInSchema(), description="Every writable field; only title is required.", example=TASK_EXAMPLE)
+    @tasks.response(200, TaskSchema, headers=ETAG_HEADER)
+    @tasks.errors(400, 404, 412, 413, 415)
+    @tasks.doc(
+        operationId="replaceTask",
+        parameters=[IF_MATCH],
+        description="Replaces every writable field: omitted optional fields go back to their defaults.",
+    )
     def put(self, data, task_id):
         """Replace a task"""
         return update_task(get_own_task_or_404(task_id), data)
 
-    @tasks.etag
-    @tasks.arguments(TaskPatchSchema())
-    @tasks.response(200, TaskSchema)
-    @tasks.errors(400, 404, 413, 415)
+    @tasks.arguments(
+        TaskPatchSchema(), description="Only the fields to change; {} changes nothing.", example={"title": "Write the final report"}
+    )
+    @tasks.response(200, TaskSchema, headers=ETAG_HEADER)
+    @tasks.errors(400, 404, 412, 413, 415)
+    @tasks.doc(operationId="updateTask", parameters=[IF_MATCH])
     def patch(self, data, task_id):
         """Change some fields of a task"""
         return update_task(get_own_task_or_404(task_id), data)
 
-    @tasks.etag
     @tasks.response(204)
-    @tasks.errors(404)
+    @tasks.errors(404, 412)
+    @tasks.doc(operationId="deleteTask", parameters=[IF_MATCH])
     def delete(self, task_id):
         """Delete a task"""
         task = get_own_task_or_404(task_id)
-        tasks.check_if_match(task)
+        check_if_match(task)
         db.session.delete(task)
         db.session.execute(COUNT_TASKS, {"owner": current_user.id, "change": -1})
         db.session.commit()
@@ -1205,9 +1367,9 @@ class TaskById(OwnTasksView):
 
 @tasks.route("/<int:task_id>/complete")
 class TaskCompletion(OwnTasksView):
-    @tasks.etag
-    @tasks.response(200, TaskSchema)
-    @tasks.errors(404)
+    @tasks.response(200, TaskSchema, headers=ETAG_HEADER)
+    @tasks.errors(404, 412)
+    @tasks.doc(operationId="toggleTaskCompletion", parameters=[IF_MATCH])
     def patch(self, task_id):
         """Toggle whether a task is completed"""
         task = get_own_task_or_404(task_id)
@@ -1251,18 +1413,16 @@ def insert_task(user_id, data):
 
 def update_task(task, changes):
     """Apply changes to a task unless If-Match says it moved on; commit only a real change."""
-    tasks.check_if_match(task)
+    check_if_match(task)
     if task.apply(changes):
         db.session.commit()
-    tasks.set_etag(etag_data(task))
-    return task
+    return with_etag(task)
 
 
 # Phase II frontends call the same views under the caller's user id.
 phase2 = Blueprint(
     "phase2", __name__, url_prefix="/api/<int:user_id>/tasks", description="Phase II paths: the same operations under your user id."
 )
-phase2._prepare_doc_cbks.append(document_responses([401, 403, 503]))
 phase2.add_url_rule("", view_func=Tasks)
 phase2.add_url_rule("/<int:task_id>", view_func=TaskById)
 phase2.add_url_rule("/<int:task_id>/complete", view_func=TaskCompletion)
@@ -1276,7 +1436,7 @@ service = Blueprint("service", __name__, description="Health.")
 @service.route("/health")
 @service.response(200, HealthSchema)
 @service.errors(503)
-@service.doc(**NO_AUTH)
+@service.doc(operationId="checkHealth", **NO_AUTH)
 def health():
     """Check the service and its database"""
     try:
@@ -1382,13 +1542,23 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def not_a_dev_server_access_line(record):
+    """A logging filter: werkzeug's development server (`flask run`) logs each request as
+    '"GET /path HTTP/1.1" 200 -'; the app's JSON line says that already."""
+    return not (record.levelno == logging.INFO and str(record.msg).endswith('"%s" %s %s'))
+
+
 def configure_logging(app):
-    """The app's logs (errors, and one access line per request) as JSON lines on stderr."""
+    """The app's logs (errors, and one access line per request) as JSON lines on stderr; under
+    `flask run` the development server's own line for each request is dropped, so a request is
+    logged once."""
     handler = logging.StreamHandler()
     handler.setFormatter(JSONFormatter())
     app.logger.handlers[:] = [handler]
     app.logger.setLevel(logging.INFO)
     app.logger.propagate = False
+    werkzeug_log = logging.getLogger("werkzeug")
+    werkzeug_log.addFilter(not_a_dev_server_access_line)  # addFilter ignores a filter it already has
 
 
 def tidy_authorization_header():
@@ -1443,8 +1613,8 @@ def engine_options(config):
 
 CORS_POLICY = {
     "methods": ["GET", "POST", "PUT", "PATCH", "DELETE"],
-    "allow_headers": ["Authorization", "Content-Type", "If-Match", "If-None-Match"],
-    "expose_headers": ["ETag", "Location", "Link", "X-Pagination", "Retry-After"],
+    "allow_headers": ["Authorization", "Content-Type", "If-Match", "If-None-Match", "X-Request-ID"],
+    "expose_headers": ["ETag", "Location", "Link", "X-Pagination", "Retry-After", "X-Request-ID"],
 }
 
 
@@ -1480,7 +1650,7 @@ def create_app(test_config=None, instance_path=None):
         init_migrations(app)
     jwt.init_app(app)
     limiter.init_app(app)
-    api = Api(app)
+    api = Api(app, spec_kwargs={"extra_plugins": [ClientDocPlugin()]})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
 
     # blueprints

@@ -135,7 +135,10 @@ def test_openapi_document_lists_every_route_and_the_bearer_scheme(client):
     assert set(spec["components"]["schemas"]["Error"]["required"]) == ERROR_KEYS
     # Signup and login need no token; If-Match is optional.
     assert spec["paths"]["/api/auth/login"]["post"]["security"] == []
-    assert spec["components"]["parameters"]["IF_MATCH"].get("required", False) is False
+    if_match = [p for p in spec["paths"]["/api/tasks/{task_id}"]["put"]["parameters"] if p["name"] == "If-Match"]
+    assert if_match == [
+        {"in": "header", "name": "If-Match", "required": False, "schema": {"type": "string"}, "description": if_match[0]["description"]}
+    ]
     assert spec["paths"]["/api/{user_id}/tasks"]["get"]["tags"] == ["phase2"]
 
 
@@ -216,7 +219,7 @@ def test_cors_exposes_the_api_headers_to_scripts(client, auth_headers):
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
     exposed = {h.strip() for h in response.headers["Access-Control-Expose-Headers"].split(",")}
-    assert {"ETag", "Location", "Link", "X-Pagination", "Retry-After"} <= exposed
+    assert {"ETag", "Location", "Link", "X-Pagination", "Retry-After", "X-Request-ID"} <= exposed
 
 
 @pytest.mark.config(CORS_ORIGINS=ORIGIN)

@@ -146,3 +146,17 @@ def test_every_route_with_every_method_answers_without_a_500(app, client, make_u
                     assert_error(response, response.status_code, response.json["status"])
                 seen.add(path)
     assert len(seen) >= 8
+
+
+def test_messages_of_list_items_are_a_flat_list_naming_the_item(client, auth_headers):
+    # The error schema says location -> field -> list of messages; marshmallow nests list items.
+    response = client.post("/api/tasks", json={"title": "t", "tags": ["ok", "", "x" * 51]}, headers=auth_headers)
+    body = assert_error(response, 422, "Unprocessable Entity")
+    assert body["errors"] == {
+        "json": {
+            "tags": [
+                "item 1: Length must be between 1 and 50 after trimming white space.",
+                "item 2: Length must be between 1 and 50 after trimming white space.",
+            ]
+        }
+    }

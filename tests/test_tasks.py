@@ -108,6 +108,12 @@ def test_due_dates_are_stored_in_utc(make_task, given, stored):
     assert make_task(due_date=given)["due_date"] == stored
 
 
+def test_lengths_count_after_trimming_up_to_twice_the_limit_as_sent(make_task):
+    # The OpenAPI document says so: the pattern holds the trimmed rule, maxLength the sent length.
+    task = make_task(title=" " * 100 + "t" * 200 + " " * 100, tags=[" " * 25 + "g" * 50 + " " * 25])
+    assert (task["title"], task["tags"]) == ("t" * 200, ["g" * 50])
+
+
 def test_null_description_is_taken_as_empty(make_task):
     assert make_task(description=None)["description"] == ""
 
@@ -119,6 +125,7 @@ INVALID_TASKS = [
     ({"title": ""}, "title"),
     ({"title": "   "}, "title"),
     ({"title": "x" * 201}, "title"),
+    ({"title": " " * 300 + "x" * 101}, "title"),  # 401 characters as sent
     ({"title": None}, "title"),
     ({"title": 5}, "title"),
     ({"title": "nul \u0000 byte"}, "title"),
@@ -142,6 +149,7 @@ INVALID_TASKS = [
     ({"title": "t", "tags": [""]}, "tags"),
     ({"title": "t", "tags": ["  "]}, "tags"),
     ({"title": "t", "tags": ["x" * 51]}, "tags"),
+    ({"title": "t", "tags": [" " * 60 + "x" * 41]}, "tags"),  # 101 characters as sent
     ({"title": "t", "tags": [1]}, "tags"),
     ({"title": "t", "tags": None}, "tags"),
     ({"title": "t", "tags": [f"tag{n}" for n in range(21)]}, "tags"),
