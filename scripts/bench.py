@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,16 +26,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from scripts.loopback import free_port, wait_until_healthy  # noqa: E402  (needs ROOT on the path)
+
 BIN = Path(sys.executable).parent
 TICKS = os.sysconf("SC_CLK_TCK")
 PASSWORD = "benchmark password"
 SECRET = "bench-secret-key-that-is-long-enough-0123456789"
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Gunicorn:
@@ -60,14 +55,8 @@ class Gunicorn:
         self.process = subprocess.Popen(
             command, cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.base + "/health", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise SystemExit(f"{target} did not start")
+        if not wait_until_healthy(self.base, 60, self.process):
+            raise SystemExit(f"{target} did not start")
 
     def workers(self):
         return [int(pid) for pid in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()]

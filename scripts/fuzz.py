@@ -14,12 +14,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from scripts.loopback import wait_until_healthy  # noqa: E402  (needs ROOT on the path)
+
 BIN = Path(sys.executable).parent
 PEERS = {"alice": "alice@fuzz.example.com", "bob": "bob@fuzz.example.com"}
 PASSWORD = "fuzzing password 1"
@@ -27,18 +29,6 @@ PASSWORD = "fuzzing password 1"
 EXCLUDED = ["POST /api/auth/logout", "DELETE /api/auth/me"]
 # schemathesis's defaults for schema-valid requests, plus 412.
 POSITIVE_STATUSES = ["2xx", "3xx", "401", "403", "404", "409", "412", "429"]
-
-
-def wait_for(url, seconds=30):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"{url} did not come up in {seconds} s")
 
 
 def post_json(url, body):
@@ -49,7 +39,6 @@ def post_json(url, body):
 
 def empty_database(url):
     """Start from no tables, so the peers can sign up again on a database used before."""
-    sys.path.insert(0, str(ROOT))
     from todo_api import drop_everything
 
     drop_everything(url)
@@ -102,7 +91,8 @@ def main():
             start_new_session=True,
         )
         try:
-            wait_for(f"{base}/health")
+            if not wait_until_healthy(base, 30, server):
+                raise SystemExit(f"{base}/health did not come up in 30 s")
             for email in PEERS.values():
                 post_json(f"{base}/api/auth/signup", {"email": email, "password": PASSWORD})
             auth = {
