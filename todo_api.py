@@ -583,7 +583,7 @@ class TaskInSchema(StrictSchema):
     tags = TagList()
 
     @ma.post_load
-    def complete_the_task(self, data, partial, **_kwargs):
+    def fill_in_defaults(self, data, partial, **_kwargs):
         """PATCH keeps what it was sent; POST and PUT fill in every default."""
         if "description" in data and data["description"] is None:
             data["description"] = ""
