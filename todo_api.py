@@ -831,20 +831,17 @@ ERROR_HEADERS = {
 }
 NO_STORE_HEADER = {"Cache-Control": header_doc("no-store: the body holds tokens.", enum=["no-store"])}
 ETAG_HEADER = {"ETag": header_doc("The task's current version; send it back in If-Match or If-None-Match.")}
-IF_MATCH = {
-    "in": "header",
-    "name": "If-Match",
-    "required": False,
-    "schema": {"type": "string"},
-    "description": "Optional: the ETag the change is based on; a task that changed since answers 412 and is left as it is.",
-}
-IF_NONE_MATCH = {
-    "in": "header",
-    "name": "If-None-Match",
-    "required": False,
-    "schema": {"type": "string"},
-    "description": "Optional: the ETag of the copy you hold; an unchanged task answers 304 without a body.",
-}
+
+
+def optional_header(name, description):
+    """A request header parameter that clients may leave out."""
+    return {"in": "header", "name": name, "required": False, "schema": {"type": "string"}, "description": description}
+
+
+IF_MATCH = optional_header(
+    "If-Match", "Optional: the ETag the change is based on; a task that changed since answers 412 and is left as it is."
+)
+IF_NONE_MATCH = optional_header("If-None-Match", "Optional: the ETag of the copy you hold; an unchanged task answers 304 without a body.")
 
 
 # Errors every operation of a blueprint (named by its tag) can answer.
