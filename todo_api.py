@@ -1323,9 +1323,7 @@ class TaskById(OwnTasksView):
         """Show a task"""
         task = get_own_task_or_404(task_id, as_row=True)
         if request.if_none_match.contains_weak(task_etag(task)):
-            not_modified = current_app.response_class(status=304)
-            not_modified.set_etag(task_etag(task))
-            return not_modified
+            return current_app.response_class(status=304, headers=with_etag(task)[1])
         return with_etag(task)
 
     @tasks.arguments(TaskInSchema(), description="Every writable field; only title is required.", example=TASK_EXAMPLE)
