@@ -8,7 +8,6 @@ OpenAPI at /openapi.json and browsable at /docs.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import functools
 import json
@@ -21,6 +20,7 @@ import sqlite3
 import time
 import uuid
 import warnings
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from functools import wraps
 from http import HTTPStatus
@@ -28,8 +28,8 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import click
-import flask_jwt_extended
 import flask_smorest
+import flask_sqlalchemy.session
 import marshmallow as ma
 from apispec import BasePlugin
 from argon2 import PasswordHasher
@@ -38,6 +38,7 @@ from flask import Flask, current_app, g, has_request_context, jsonify, request, 
 from flask.views import MethodView
 from flask_cors import CORS
 from flask_jwt_extended import (
+    JWTManager,
     create_access_token,
     create_refresh_token,
     current_user,
@@ -61,11 +62,11 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
-    and_,
     bindparam,
     create_engine,
     delete,
     event,
+    exists,
     func,
     insert,
     inspect,
@@ -74,8 +75,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SAWarning
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError, SAWarning
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, validates
 from sqlalchemy.orm.exc import StaleDataError
 from swagger_ui_bundle import swagger_ui_path
 from webargs.flaskparser import FlaskParser
@@ -96,6 +97,7 @@ class Config:
     DB_POOL_SIZE = 5  # connections kept open per process
     DB_MAX_OVERFLOW = 5  # extra connections under bursts
     DB_POOL_TIMEOUT = 10  # seconds to wait for a free connection
+    DB_PING_AFTER_IDLE = 30  # seconds: a pooled connection idle this long is checked before reuse
 
     JWT_SECRET_KEY = None  # generated once into the instance folder when not configured
     JWT_TOKEN_LOCATION = ["headers"]
@@ -140,6 +142,7 @@ ENV_SETTINGS = {  # environment variable -> how to read it
     "DB_POOL_SIZE": int,
     "DB_MAX_OVERFLOW": int,
     "DB_POOL_TIMEOUT": int,
+    "DB_PING_AFTER_IDLE": float,
 }
 
 
@@ -185,56 +188,26 @@ class Base(DeclarativeBase):
     pass
 
 
-class JWTManager(flask_jwt_extended.JWTManager):
-    """flask-jwt-extended's manager, remembering the claims of the tokens it has verified.
+class RequestSession(flask_sqlalchemy.session.Session):
+    """Flask-SQLAlchemy's session; on a database server, a read request's statements run in
+    autocommit: the driver sends no BEGIN and no ROLLBACK, two of a small read's four round
+    trips. Each statement still sees one committed state (PostgreSQL's READ COMMITTED gives no
+    more inside a transaction). SQLite: see begin_sqlite_transaction."""
 
-    Decoding a token is most of a small request's cost: flask-jwt-extended has PyJWT parse it
-    four times, each checking the base64 character by character. Here a token whose signature,
-    type and claims checked out once is looked up by its exact text (any other bytes are verified
-    afresh) and reused until it expires; the expired ones go back to the library, which rejects
-    them. Revocation is untouched: the session is still looked up on every request."""
-
-    CACHE_SIZE = 1024  # tokens per process; the oldest is forgotten first
-
-    def init_app(self, app, add_context_processor=False):
-        super().init_app(app, add_context_processor)
-        app.extensions["verified_tokens"] = {}
-
-    def _decode_jwt_from_config(self, encoded_token, csrf_value=None, allow_expired=False):
-        verified = current_app.extensions["verified_tokens"]
-        claims = verified.get(encoded_token)
-        if claims is not None and not csrf_value:
-            leeway = current_app.config["JWT_DECODE_LEEWAY"]  # seconds, or a timedelta
-            if isinstance(leeway, timedelta):
-                leeway = leeway.total_seconds()
-            if time.time() < claims["exp"] + leeway:
-                return dict(claims)
-        claims = super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
-        if not allow_expired and "exp" in claims:
-            if len(verified) >= self.CACHE_SIZE:
-                verified.pop(next(iter(verified), None), None)
-            verified[encoded_token] = dict(claims)
-        return claims
+    def get_bind(self, *args, **kwargs):
+        engine = super().get_bind(*args, **kwargs)
+        if is_read_request() and engine.dialect.name != "sqlite":
+            return current_app.extensions["autocommit_engines"].setdefault(engine, engine.execution_options(isolation_level="AUTOCOMMIT"))
+        return engine
 
 
 # expire_on_commit=False: a committed object is serialised without being read back.
-db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
+db = SQLAlchemy(model_class=Base, session_options={"class_": RequestSession, "expire_on_commit": False})
 jwt = JWTManager()
 limiter = Limiter(get_remote_address)
 password_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)  # OWASP argon2id
 
 
-def return_large_blocks_to_the_os():
-    """argon2 takes 19 MiB per hash. glibc raises its mmap threshold after freeing a block that
-    large, so every later hash would stay in the heap: ~19 MB more per worker for good. A fixed
-    threshold makes blocks over 1 MiB mmapped, and given back when freed."""
-    try:
-        ctypes.CDLL(None).mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc
-
-
-return_large_blocks_to_the_os()
 DUMMY_HASH = password_hasher.hash(secrets.token_hex(16))  # verified for unknown emails: same cost
 
 
@@ -252,16 +225,44 @@ def configure_sqlite(dbapi_connection, _record):
 
 @event.listens_for(Engine, "begin")
 def begin_sqlite_transaction(connection):
-    """A request that may write takes SQLite's write lock when its transaction begins.
+    """SQLite (SQLAlchemy's documented pysqlite recipe): a read runs in the driver's autocommit,
+    no BEGIN; anything that may write begins at once with the write lock, BEGIN IMMEDIATE.
 
     A transaction that reads first and writes later fails at once with "database is locked" if
     another writer committed in between; BEGIN IMMEDIATE makes it wait its turn instead
-    (busy_timeout) and see the latest data. Reads (GET) stay concurrent. The statement goes
-    straight to the driver: SQLAlchemy's execution path would cost more than the BEGIN itself.
-    """
-    if connection.dialect.name == "sqlite":
-        writes = has_request_context() and request.method not in ("GET", "HEAD", "OPTIONS")
-        connection.connection.driver_connection.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+    (busy_timeout) and see the latest data. (On PostgreSQL reads skip the transaction too:
+    see RequestSession.)"""
+    if connection.dialect.name == "sqlite" and not is_read_request():
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def is_read_request():
+    """Serving a GET, HEAD or OPTIONS request, which only reads."""
+    return has_request_context() and request.method in SAFE_METHODS
+
+
+def ping_connections_idle_for(engine, seconds):
+    """Check a pooled connection before reuse only when it sat idle longer than `seconds`: the
+    server or the network may have dropped it meanwhile. A dead one is replaced (the pool
+    retries on DisconnectionError); one in steady use is not pinged, which spares every request
+    a round trip. A connection that dies mid-use is a 503 once and then replaced, as SQLAlchemy
+    invalidates it on the disconnect error."""
+
+    @event.listens_for(engine, "checkin")
+    def note_idle_since(_dbapi_connection, record):
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def ping_if_idle(dbapi_connection, record, _proxy):
+        idle_since = record.info.get("idle_since")
+        if idle_since is not None and time.monotonic() - idle_since >= seconds:
+            try:
+                engine.dialect.do_ping(dbapi_connection)
+            except engine.dialect.loaded_dbapi.Error as error:
+                raise DisconnectionError("a pooled connection failed its ping") from error
 
 
 # --- Models ---
@@ -335,7 +336,7 @@ class Task(db.Model):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime)
     priority_rank: Mapped[int] = mapped_column("priority", SmallInteger, default=1)
     due_date: Mapped[datetime | None] = mapped_column(DateTime)
-    tag_list: Mapped[list] = mapped_column("tags", JSON, default=list)  # sorted, for reading
+    tags: Mapped[list] = mapped_column(JSON, default=list)  # sorted; its tag rows follow it (see below)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     version: Mapped[int] = mapped_column(Integer)
@@ -343,11 +344,12 @@ class Task(db.Model):
     title_key: Mapped[str] = mapped_column(String(200).with_variant(String(200, collation="C"), "postgresql"))
     search_key: Mapped[str] = mapped_column(Text)
 
-    # One row per tag, for filtering by tag in SQL.
-    tag_rows: Mapped[list[TaskTag]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
-
     # Every UPDATE checks the version it read: concurrent writers cannot both win.
     __mapper_args__ = {"version_id_col": version}
+
+    def __init__(self, **fields):
+        now = utcnow()  # one instant: a new task's updated_at equals its created_at
+        super().__init__(created_at=now, updated_at=now, **fields)
 
     @property
     def priority(self):
@@ -356,17 +358,6 @@ class Task(db.Model):
     @priority.setter
     def priority(self, value):
         self.priority_rank = PRIORITIES.index(value)
-
-    @property
-    def tags(self):
-        return self.tag_list
-
-    @tags.setter
-    def tags(self, tags):
-        kept = [row for row in self.tag_rows if row.tag in tags]
-        present = {row.tag for row in kept}
-        self.tag_rows = kept + [TaskTag(tag=tag, user_id=self.user_id) for tag in tags if tag not in present]
-        self.tag_list = tags
 
     @validates("title", "description")
     def _keep_search_keys(self, key, value):
@@ -420,6 +411,42 @@ class TaskTag(db.Model):
     user_id: Mapped[int] = mapped_column(Id)
 
 
+@event.listens_for(Session, "after_flush")
+def follow_task_writes(session, _flush_context):
+    """The one place that keeps what a task's writes imply, whatever path flushed them (the
+    views, the seeder, a script): the task's tag rows follow its `tags`, and its owner's
+    task_count follows its creation and deletion. Two statements at most per kind of change,
+    in the flush's own transaction. (A deleted task's tag rows go with it: ON DELETE CASCADE.)"""
+    counts, added, removed = Counter(), [], {}
+    for task in (obj for obj in session.new if isinstance(obj, Task)):
+        counts[task.user_id] += 1
+        added += [{"task_id": task.id, "user_id": task.user_id, "tag": tag} for tag in task.tags]
+    for task in (obj for obj in session.dirty if isinstance(obj, Task)):
+        history = inspect(task).attrs.tags.history
+        if history.deleted or history.added:
+            before, after = set(history.deleted[0] if history.deleted else ()), set(task.tags)
+            added += [{"task_id": task.id, "user_id": task.user_id, "tag": tag} for tag in sorted(after - before)]
+            if before - after:
+                removed[task.id] = sorted(before - after)
+    for task in (obj for obj in session.deleted if isinstance(obj, Task)):
+        counts[task.user_id] -= 1
+    connection = session.connection()
+    for task_id, tags in removed.items():
+        connection.execute(delete(task_tags).where(task_tags.c.task_id == task_id, task_tags.c.tag.in_(tags)))
+    for start in range(0, len(added), TAG_ROWS_PER_INSERT):
+        connection.execute(insert(task_tags).values(added[start : start + TAG_ROWS_PER_INSERT]))
+    for user_id, change in counts.items():
+        if change:
+            connection.execute(COUNT_TASKS, {"owner": user_id, "change": change})
+
+
+task_tags, users_table = TaskTag.__table__, User.__table__
+TAG_ROWS_PER_INSERT = 1000  # one multi-row INSERT each, well within both databases' parameter limits
+COUNT_TASKS = (
+    update(users_table).where(users_table.c.id == bindparam("owner")).values(task_count=users_table.c.task_count + bindparam("change"))
+)
+
+
 # --- Schemas ---
 
 
@@ -428,7 +455,7 @@ SPACE_CHARS = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u
 SPACE = f"[{SPACE_CHARS}]"
 
 
-class Text(fields.String):
+class PlainText(fields.String):
     """A string of valid Unicode (no lone surrogate). With `stored`, no NUL either, which
     PostgreSQL cannot store. With `trimmed=(min, max)`, surrounding white space is dropped and
     the length counted after that; as sent, it may be at most twice `max` long. The OpenAPI
@@ -500,7 +527,7 @@ class TagList(fields.List):
     """Tags trimmed, lower-cased, de-duplicated and sorted; at most 20 after that."""
 
     def __init__(self, **kwargs):
-        tag = Text(trimmed=(1, 50))
+        tag = PlainText(trimmed=(1, 50))
         description = "Up to 20 tags of 1-50 characters each after trimming (at most 100 as sent); stored lower-cased, de-duplicated and sorted. Default on POST and PUT: []."
         super().__init__(tag, metadata={"maxItems": 20, "description": description}, **kwargs)
 
@@ -527,7 +554,7 @@ class StrictSchema(ma.Schema):
 
 
 # Passwords are hashed, never stored: any Unicode will do.
-Password = Text(
+Password = PlainText(
     required=True, stored=False, validate=validate.Length(8, 128), load_only=True, metadata={"description": "8 to 128 characters."}
 )
 EMAIL_RULE = "At most 254 characters; compared and stored lower-cased."
@@ -536,7 +563,7 @@ EMAIL_RULE = "At most 254 characters; compared and stored lower-cased."
 class SignupSchema(StrictSchema):
     email = Email(required=True, validate=validate.Length(max=254), metadata={"description": EMAIL_RULE})
     password = Password
-    name = Text(
+    name = PlainText(
         allow_none=True,
         validate=validate.Length(max=100),
         metadata={"description": "Optional, at most 100 characters; null or missing means no name."},
@@ -545,15 +572,15 @@ class SignupSchema(StrictSchema):
 
 class LoginSchema(StrictSchema):
     email = Email(required=True, validate=validate.Length(max=254), metadata={"description": EMAIL_RULE})
-    password = Text(required=True, stored=False, load_only=True, validate=validate.Length(max=128))
+    password = PlainText(required=True, stored=False, load_only=True, validate=validate.Length(max=128))
 
 
 class ProfileSchema(StrictSchema):
-    name = Text(required=True, validate=validate.Length(max=100), metadata={"description": 'At most 100 characters; "" for no name.'})
+    name = PlainText(required=True, validate=validate.Length(max=100), metadata={"description": 'At most 100 characters; "" for no name.'})
 
 
 class PasswordChangeSchema(StrictSchema):
-    current_password = Text(required=True, stored=False, load_only=True, validate=validate.Length(max=128))
+    current_password = PlainText(required=True, stored=False, load_only=True, validate=validate.Length(max=128))
     new_password = Password
 
 
@@ -565,12 +592,12 @@ TASK_DEFAULTS = {"description": "", "completed": False, "priority": "medium", "d
 class TaskInSchema(StrictSchema):
     """TaskIn: every writable field. Loaded whole for POST and PUT, partially for PATCH."""
 
-    title = Text(
+    title = PlainText(
         required=True,
         trimmed=(1, 200),
         metadata={"description": "1-200 characters after trimming surrounding white space; at most 400 as sent."},
     )
-    description = Text(
+    description = PlainText(
         allow_none=True,
         validate=validate.Length(max=2000),
         metadata={"description": 'At most 2000 characters; null is taken as "". Default on POST and PUT: "".'},
@@ -609,8 +636,8 @@ class TaskQueryArgsSchema(StrictSchema):
     page_size = fields.Integer(load_default=20, validate=validate.Range(1, 100), metadata={"description": "Tasks per page."})
     completed = fields.Boolean(truthy={"true"}, falsy={"false"}, metadata={"description": "Only completed (true) or open (false) tasks."})
     priority = fields.String(validate=validate.OneOf(PRIORITIES), metadata={"description": "Only tasks of this priority."})
-    tag = Text(trimmed=(1, 50), metadata={"description": "Only tasks carrying this tag (any case; 1-50 characters after trimming)."})
-    q = Text(validate=validate.Length(1, 200), metadata={"description": "Text found in the title or the description (any case)."})
+    tag = PlainText(trimmed=(1, 50), metadata={"description": "Only tasks carrying this tag (any case; 1-50 characters after trimming)."})
+    q = PlainText(validate=validate.Length(1, 200), metadata={"description": "Text found in the title or the description (any case)."})
     due_before = UTCDateTime(metadata={"description": "Only tasks due before this time (exclusive); tasks with no due date are left out."})
     due_after = UTCDateTime(metadata={"description": "Only tasks due after this time (exclusive); tasks with no due date are left out."})
     sort = fields.String(
@@ -656,13 +683,13 @@ class TaskSchema(ma.Schema):
     created_at = UTCDateTime(required=True)
     updated_at = UTCDateTime(required=True, metadata={"description": "Moves on every change."})
 
-    def _serialize(self, obj, *, many=False):
+    def dump(self, obj, *, many=None):
         """A task (a row or an ORM object: the database already gives every field its JSON type)
         in one step. Marshmallow's generic dump calls three methods per field, a third of a page's
-        cost; tests/test_tasks.py checks this against it for every field, set or not. (The schema
-        is always dumped whole: no `only` or `exclude` to honour.)"""
-        if many:
-            return [self._serialize(task) for task in obj]
+        cost; tests/test_tasks.py holds this equal to it for every field, set or not. (The schema
+        has no hooks and is always dumped whole: no `only` or `exclude` to honour.)"""
+        if self.many if many is None else many:
+            return [self.dump(task, many=False) for task in obj]
         return {
             "id": obj.id,
             "title": obj.title,
@@ -934,7 +961,7 @@ def load_session_user(_header, claims):
 
 
 # Statements built once; requests bind values, and SQLAlchemy reuses the compiled SQL.
-users_table, sessions_table = User.__table__, UserSession.__table__
+sessions_table = UserSession.__table__
 SESSION_USER = (
     select(users_table.c.id, users_table.c.email, users_table.c.name, users_table.c.created_at, users_table.c.task_count)
     .join(sessions_table)
@@ -1149,7 +1176,7 @@ TASK_COLUMNS = [
 FILTER_CONDITIONS = {
     "completed": Task.completed == bindparam("completed"),
     "priority": Task.priority_rank == bindparam("priority"),
-    "tag": Task.tag_rows.any(and_(TaskTag.user_id == bindparam("user_id"), TaskTag.tag == bindparam("tag"))),
+    "tag": exists().where(task_tags.c.task_id == Task.id, task_tags.c.user_id == bindparam("user_id"), task_tags.c.tag == bindparam("tag")),
     "q": Task.search_key.like(bindparam("q"), escape="/"),
     "due_before": Task.due_date < bindparam("due_before"),
     "due_after": Task.due_date > bindparam("due_after"),
@@ -1192,12 +1219,21 @@ def select_tasks(user, args):
     return page, db.session.connection().execute(count_query, params).scalar()
 
 
-@functools.lru_cache(maxsize=4096)
 def pagination_metadata(page, page_size, total):
-    """flask-smorest's metadata, and as JSON: it depends on three numbers only, and flask-smorest
-    builds a schema each call."""
-    meta = Blueprint._make_pagination_metadata(page, page_size, total)
-    return meta, json.dumps(meta)
+    """flask-smorest's X-Pagination metadata (its PaginationMetadataSchema documents it): the
+    total, the page count, and the first, last, previous, next and current pages that exist.
+    (`@blp.paginate` would parse page and page_size with a schema of its own, looser than the
+    contract's: unknown keys ignored, non-ASCII digits accepted.)"""
+    meta = {"total": total, "total_pages": -(-total // page_size)}
+    if total:
+        meta.update(first_page=1, last_page=meta["total_pages"])
+        if page <= meta["last_page"]:
+            meta["page"] = page
+            if page > 1:
+                meta["previous_page"] = page - 1
+            if page < meta["last_page"]:
+                meta["next_page"] = page + 1
+    return meta
 
 
 LINK_PAGES = {"first": "first_page", "prev": "previous_page", "next": "next_page", "last": "last_page"}
@@ -1206,8 +1242,8 @@ QUERY_SAFE = "!$'()*,/:;?@"  # what werkzeug's url_for leaves unquoted in a quer
 
 def pagination_headers(args, total):
     """flask-smorest's X-Pagination, and an RFC 8288 Link header that keeps the query's filters."""
-    meta, meta_json = pagination_metadata(args["page"], args["page_size"], total)
-    headers = {"X-Pagination": meta_json}
+    meta = pagination_metadata(args["page"], args["page_size"], total)
+    headers = {"X-Pagination": json.dumps(meta)}
     path, query = url_for(request.endpoint, **request.view_args), request.args.to_dict()
     links = [
         f'<{path}?{urlencode({**query, "page": meta[field]}, safe=QUERY_SAFE)}>; rel="{rel}"'
@@ -1223,16 +1259,18 @@ OWN_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == b
 OWN_TASK_ROW = select(*TASK_COLUMNS).where(tasks_table.c.id == bindparam("task_id"), tasks_table.c.user_id == bindparam("user_id"))
 
 
-def get_own_task_or_404(task_id, *, as_row=False):
-    """The caller's task: an ORM object to change, or (as_row) a cheaper row to read.
-    Another user's task, or an id no database holds, is a 404."""
-    task = None
-    if task_id <= MAX_ID:
-        params = {"task_id": task_id, "user_id": current_user.id}
-        if as_row:
-            task = db.session.connection().execute(OWN_TASK_ROW, params).first()
-        else:
-            task = db.session.scalar(OWN_TASK, params)
+def get_own_task_or_404(task_id):
+    """The caller's task, to change. Another user's task, or an id no database holds, is a 404."""
+    return found_or_404(db.session.scalar(OWN_TASK, {"task_id": task_id, "user_id": current_user.id}) if task_id <= MAX_ID else None)
+
+
+def read_own_task_or_404(task_id):
+    """The caller's task as a row, to read: cheaper than an ORM object. Else as get_own_task_or_404."""
+    params = {"task_id": task_id, "user_id": current_user.id}
+    return found_or_404(db.session.connection().execute(OWN_TASK_ROW, params).first() if task_id <= MAX_ID else None)
+
+
+def found_or_404(task):
     if task is None:
         abort(404, message="Task not found.")
     return task
@@ -1309,7 +1347,10 @@ class Tasks(OwnTasksView):
     @tasks.doc(operationId="createTask")
     def post(self, data):
         """Create a task"""
-        task, headers = with_etag(insert_task(current_user.id, data))
+        task = Task(user_id=current_user.id, **data)
+        db.session.add(task)
+        db.session.commit()
+        task, headers = with_etag(task)
         return task, {**headers, "Location": url_for("tasks.TaskById", task_id=task.id)}
 
 
@@ -1321,7 +1362,7 @@ class TaskById(OwnTasksView):
     @tasks.doc(operationId="getTask", parameters=[IF_NONE_MATCH])
     def get(self, task_id):
         """Show a task"""
-        task = get_own_task_or_404(task_id, as_row=True)
+        task = read_own_task_or_404(task_id)
         if request.if_none_match.contains_weak(task_etag(task)):
             return current_app.response_class(status=304, headers=with_etag(task)[1])
         return with_etag(task)
@@ -1356,7 +1397,6 @@ class TaskById(OwnTasksView):
         task = get_own_task_or_404(task_id)
         check_if_match(task)
         db.session.delete(task)
-        db.session.execute(COUNT_TASKS, {"owner": current_user.id, "change": -1})
         db.session.commit()
 
 
@@ -1369,41 +1409,6 @@ class TaskCompletion(OwnTasksView):
         """Toggle whether a task is completed"""
         task = get_own_task_or_404(task_id)
         return update_task(task, {"completed": not task.completed})
-
-
-INSERT_TASK = insert(tasks_table).returning(*TASK_COLUMNS)
-INSERT_TAGS = insert(TaskTag.__table__)
-COUNT_TASKS = (
-    update(users_table).where(users_table.c.id == bindparam("owner")).values(task_count=users_table.c.task_count + bindparam("change"))
-)
-
-
-def insert_task(user_id, data):
-    """Store a new task from TaskIn data (the schema filled in every default) and its tag rows
-    in two INSERTs, count it, and return the stored row: the ORM's unit of work would cost more
-    than all three statements."""
-    now = utcnow()
-    values = {
-        "user_id": user_id,
-        "title": data["title"],
-        "description": data["description"],
-        "completed": data["completed"],
-        "completed_at": now if data["completed"] else None,
-        "priority": PRIORITIES.index(data["priority"]),
-        "due_date": data["due_date"],
-        "tags": data["tags"],
-        "created_at": now,
-        "updated_at": now,
-        "version": 1,
-        **search_keys(data["title"], data["description"]),
-    }
-    connection = db.session.connection()
-    task = connection.execute(INSERT_TASK, values).one()
-    if data["tags"]:
-        connection.execute(INSERT_TAGS, [{"task_id": task.id, "user_id": user_id, "tag": tag} for tag in data["tags"]])
-    connection.execute(COUNT_TASKS, {"owner": user_id, "change": 1})
-    db.session.commit()
-    return task
 
 
 def update_task(task, changes):
@@ -1593,10 +1598,9 @@ def finish_request(response):
 def engine_options(config):
     options = {**config["SQLALCHEMY_ENGINE_OPTIONS"]}
     if not config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
-        # A database server: a bounded pool, and a ping before reusing a connection so one the
-        # server or the network dropped is replaced (SQLite files get the defaults, no ping).
+        # A database server: a bounded pool (connections idle for long are pinged before reuse:
+        # see ping_connections_idle_for). SQLite files get the defaults.
         options.update(
-            pool_pre_ping=True,
             pool_size=config["DB_POOL_SIZE"],
             max_overflow=config["DB_MAX_OVERFLOW"],
             pool_timeout=config["DB_POOL_TIMEOUT"],
@@ -1641,6 +1645,10 @@ def create_app(test_config=None, instance_path=None):
 
     # extensions
     db.init_app(app)
+    app.extensions["autocommit_engines"] = {}  # see RequestSession
+    with app.app_context():
+        if db.engine.dialect.name != "sqlite":
+            ping_connections_idle_for(db.engine, app.config["DB_PING_AFTER_IDLE"])
     if click.get_current_context(silent=True):  # the flask command line: `flask db ...` needs it
         init_migrations(app)
     jwt.init_app(app)

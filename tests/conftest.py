@@ -1,15 +1,14 @@
 """Fixtures: an app on a real database (SQLite, or PostgreSQL when TEST_DATABASE_URL is set),
 a client, and users and tasks made through the API itself."""
 
-import contextlib
 import itertools
 import os
 
 import pytest
 
+from helpers import PASSWORD, bearer
 from todo_api import create_app, db, drop_everything
 
-PASSWORD = "correct horse battery"
 _emails = itertools.count(1)
 
 
@@ -53,32 +52,6 @@ def app(config, tmp_path):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-@pytest.fixture
-def runner(app):
-    return app.test_cli_runner()
-
-
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
-
-
-@contextlib.contextmanager
-def recorded_selects(app):
-    """The SELECT statements the app's database runs inside the block."""
-    selects = []
-
-    def record(_conn, _cursor, statement, *_args):
-        if statement.lstrip().upper().startswith("SELECT"):
-            selects.append(statement)
-
-    with app.app_context():
-        db.event.listen(db.engine, "before_cursor_execute", record)
-        try:
-            yield selects
-        finally:
-            db.event.remove(db.engine, "before_cursor_execute", record)
 
 
 @pytest.fixture

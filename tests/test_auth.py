@@ -8,11 +8,13 @@ from datetime import timedelta
 
 import jwt as pyjwt
 import pytest
-from conftest import PASSWORD, bearer, recorded_selects
+from argon2 import PasswordHasher
+from argon2.exceptions import VerificationError
 from flask_jwt_extended import create_access_token, decode_token
 from sqlalchemy import func, select
 
 import todo_api
+from helpers import PASSWORD, bearer, recorded_selects
 from todo_api import Task, User, UserSession, db
 
 TOKEN_PAIR_KEYS = {"access_token", "refresh_token", "token_type", "expires_in", "user"}
@@ -63,7 +65,9 @@ def test_password_is_stored_as_argon2id_at_owasp_parameters(app, make_user):
     with app.app_context():
         stored = db.session.scalar(select(User.password_hash).where(User.id == user["user"]["id"]))
     assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
-    assert PASSWORD not in stored
+    assert PasswordHasher().verify(stored, PASSWORD)  # a hash of this password, not the password
+    with pytest.raises(VerificationError):
+        PasswordHasher().verify(stored, PASSWORD + "!")
 
 
 @pytest.mark.parametrize("email", ["dup@example.com", "DUP@example.com", " Dup@Example.com "])
@@ -355,10 +359,11 @@ def test_expired_token_is_a_401(app, client, make_user):
 
 
 def test_a_token_that_worked_is_refused_once_it_expires(app, client, make_user):
-    # Verified claims are remembered per token; its expiry still holds.
     claims = claims_of(app, make_user()["access_token"])
     with app.app_context():
-        short = create_access_token(claims["sub"], additional_claims={"sid": claims["sid"]}, expires_delta=timedelta(seconds=1))
+        # PyJWT writes whole seconds: a 2 s lifetime leaves more than 1 s before "exp", whenever
+        # within its second the token was minted.
+        short = create_access_token(claims["sub"], additional_claims={"sid": claims["sid"]}, expires_delta=timedelta(seconds=2))
     for _ in range(2):
         assert client.get("/api/auth/me", headers=bearer(short)).status_code == 200
     time.sleep(max(0.0, pyjwt.decode(short, options={"verify_signature": False})["exp"] - time.time()) + 0.05)
@@ -368,12 +373,16 @@ def test_a_token_that_worked_is_refused_once_it_expires(app, client, make_user):
 
 
 @pytest.mark.config(JWT_DECODE_LEEWAY=timedelta(seconds=30))
-def test_a_remembered_token_honours_a_leeway_given_as_a_timedelta(app, client, make_user):
+def test_a_leeway_given_as_a_timedelta_is_honoured_on_every_request(app, client, make_user):
     claims = claims_of(app, make_user()["access_token"])
     with app.app_context():
-        expired = create_access_token(claims["sub"], additional_claims={"sid": claims["sid"]}, expires_delta=timedelta(seconds=-5))
-    for _ in range(2):  # verified, then remembered: within the leeway both times
-        assert client.get("/api/auth/me", headers=bearer(expired)).status_code == 200
+        within = create_access_token(claims["sub"], additional_claims={"sid": claims["sid"]}, expires_delta=timedelta(seconds=-5))
+        beyond = create_access_token(claims["sub"], additional_claims={"sid": claims["sid"]}, expires_delta=timedelta(seconds=-60))
+    for _ in range(2):
+        assert client.get("/api/auth/me", headers=bearer(within)).status_code == 200
+        response = client.get("/api/auth/me", headers=bearer(beyond))
+        assert_401(response)
+        assert response.json["message"] == "Token has expired."
 
 
 def test_a_token_that_worked_is_refused_with_another_signature(client, make_user):
@@ -388,7 +397,7 @@ def test_a_refresh_token_that_worked_is_still_refused_as_an_access_token(client,
     pair = make_user()
     refreshed = client.post("/api/auth/refresh", headers=bearer(pair["refresh_token"]))
     assert refreshed.status_code == 200
-    # Verified claims are remembered, but the type check runs on every request.
+    # The type check runs on every request, not only on the first.
     for _ in range(2):
         assert_401(client.get("/api/tasks", headers=bearer(refreshed.json["refresh_token"])))
     assert client.post("/api/auth/refresh", headers=bearer(refreshed.json["refresh_token"])).status_code == 200

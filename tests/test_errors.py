@@ -1,6 +1,7 @@
 """One error shape for every status, from every layer."""
 
 import json
+from http import HTTPStatus
 
 import pytest
 
@@ -143,7 +144,7 @@ def test_every_route_with_every_method_answers_without_a_500(app, client, make_u
                 response = client.open(path, method=method, data=body, content_type="application/json", headers=user["headers"])
                 assert response.status_code < 500, (method, path, body, response.data)
                 if response.status_code >= 400 and method != "HEAD":  # HEAD answers carry no body
-                    assert_error(response, response.status_code, response.json["status"])
+                    assert_error(response, response.status_code, HTTPStatus(response.status_code).phrase)
                 seen.add(path)
     assert len(seen) >= 8
 

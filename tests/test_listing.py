@@ -5,9 +5,9 @@ import re
 from datetime import datetime
 
 import pytest
-from conftest import recorded_selects
 from sqlalchemy import insert, literal, select, true
 
+from helpers import recorded_selects
 from todo_api import SORT_KEYS, Task, TaskTag, db, listing_statements
 
 

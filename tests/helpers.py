@@ -1,0 +1,78 @@
+"""Helpers shared by the test modules (fixtures live in conftest.py)."""
+
+import contextlib
+import sqlite3
+
+from psycopg.pq import TransactionStatus
+
+from todo_api import db
+
+PASSWORD = "correct horse battery"
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+@contextlib.contextmanager
+def recorded_selects(app):
+    """The SELECT statements the app's database runs inside the block."""
+    selects = []
+
+    def record(_conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    with app.app_context():
+        db.event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            yield selects
+        finally:
+            db.event.remove(db.engine, "before_cursor_execute", record)
+
+
+def in_transaction(driver_connection):
+    if isinstance(driver_connection, sqlite3.Connection):
+        return driver_connection.in_transaction
+    return driver_connection.info.transaction_status != TransactionStatus.IDLE
+
+
+@contextlib.contextmanager
+def database_round_trips(app):
+    """Everything the app sends its database inside the block, one entry per round trip: each
+    statement SQLAlchemy executes (before_cursor_execute), and what the drivers send on their own,
+    seen through SQLAlchemy's transaction and pool events: psycopg's implicit BEGIN before the first
+    statement outside autocommit, and a COMMIT or ROLLBACK wherever a transaction is open.
+    (SQLite's BEGIN IMMEDIATE is a statement of the app's, counted as one.)"""
+    sent = []
+
+    def statement(conn, _cursor, text, parameters, _context, executemany):
+        driver = conn.connection.driver_connection
+        if not isinstance(driver, sqlite3.Connection) and not driver.autocommit and not in_transaction(driver):
+            sent.append("BEGIN")
+        sent.extend([text] * (len(parameters) if executemany and not isinstance(driver, sqlite3.Connection) else 1))
+
+    def ending(word):
+        def listener(conn):
+            if in_transaction(conn.connection.driver_connection):
+                sent.append(word)
+
+        return listener
+
+    def reset(dbapi_connection, _record, _state):
+        if in_transaction(getattr(dbapi_connection, "driver_connection", dbapi_connection)):
+            sent.append("ROLLBACK")
+
+    listeners = [("before_cursor_execute", statement), ("commit", ending("COMMIT")), ("rollback", ending("ROLLBACK"))]
+    with app.app_context():
+        engine = db.engine
+    # Requests outside this app context: each request's own ends with it, and its session closes.
+    for name, listener in listeners:
+        db.event.listen(engine, name, listener)
+    db.event.listen(engine.pool, "reset", reset)
+    try:
+        yield sent
+    finally:
+        for name, listener in listeners:
+            db.event.remove(engine, name, listener)
+        db.event.remove(engine.pool, "reset", reset)
