@@ -188,6 +188,14 @@ class Base(DeclarativeBase):
     pass
 
 
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def is_read_request():
+    """Serving a GET, HEAD or OPTIONS request, which only reads."""
+    return has_request_context() and request.method in SAFE_METHODS
+
+
 class RequestSession(flask_sqlalchemy.session.Session):
     """Flask-SQLAlchemy's session; on a database server, a read request's statements run in
     autocommit: the driver sends no BEGIN and no ROLLBACK, two of a small read's four round
@@ -234,14 +242,6 @@ def begin_sqlite_transaction(connection):
     see RequestSession.)"""
     if connection.dialect.name == "sqlite" and not is_read_request():
         connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-
-
-def is_read_request():
-    """Serving a GET, HEAD or OPTIONS request, which only reads."""
-    return has_request_context() and request.method in SAFE_METHODS
 
 
 def ping_connections_idle_for(engine, seconds):
@@ -411,6 +411,13 @@ class TaskTag(db.Model):
     user_id: Mapped[int] = mapped_column(Id)
 
 
+task_tags, users_table = TaskTag.__table__, User.__table__
+TAG_ROWS_PER_INSERT = 1000  # one multi-row INSERT each, well within both databases' parameter limits
+COUNT_TASKS = (
+    update(users_table).where(users_table.c.id == bindparam("owner")).values(task_count=users_table.c.task_count + bindparam("change"))
+)
+
+
 @event.listens_for(Session, "after_flush")
 def follow_task_writes(session, _flush_context):
     """The one place that keeps what a task's writes imply, whatever path flushed them (the
@@ -440,14 +447,12 @@ def follow_task_writes(session, _flush_context):
             connection.execute(COUNT_TASKS, {"owner": user_id, "change": change})
 
 
-task_tags, users_table = TaskTag.__table__, User.__table__
-TAG_ROWS_PER_INSERT = 1000  # one multi-row INSERT each, well within both databases' parameter limits
-COUNT_TASKS = (
-    update(users_table).where(users_table.c.id == bindparam("owner")).values(task_count=users_table.c.task_count + bindparam("change"))
-)
-
-
 # --- Schemas ---
+
+
+def utc_iso(value):
+    """A stored (naive UTC) time as ISO 8601 with its +00:00 offset."""
+    return None if value is None else f"{value.isoformat()}+00:00"
 
 
 # White space as Python's str.strip() sees it, spelled out: regex engines disagree on \s.
@@ -666,11 +671,6 @@ class TokenPairSchema(ma.Schema):
     user = fields.Nested(UserSchema, required=True)
 
 
-def utc_iso(value):
-    """A stored (naive UTC) time as ISO 8601 with its +00:00 offset."""
-    return None if value is None else f"{value.isoformat()}+00:00"
-
-
 class TaskSchema(ma.Schema):
     id = fields.Integer(required=True)
     title = fields.String(required=True)
@@ -741,28 +741,6 @@ def error_body(code, message, **extra):
     return {"code": code, "status": HTTPStatus(code).phrase, "message": message, **extra}
 
 
-class Api(flask_smorest.Api):
-    """flask-smorest's Api, every error in the contract's one shape."""
-
-    ERROR_SCHEMA = ErrorSchema
-
-    def handle_http_exception(self, error):
-        data = getattr(error, "data", None) or {}
-        message = data.get("message") or MESSAGES.get(error.code) or error.description
-        payload = error_body(error.code, message)
-        if errors := data.get("errors") or data.get("messages"):
-            payload["errors"] = {
-                location: {field: flat_messages(messages) for field, messages in by_field.items()} for location, by_field in errors.items()
-            }
-        # werkzeug's own headers (Allow on a 405), then those passed to abort().
-        headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
-        headers.update(data.get("headers") or {})
-        if error.code == 429:
-            payload["message"] = f"Too many requests ({error.description}); retry later."
-            headers["Retry-After"] = str(retry_after_seconds())
-        return payload, error.code, headers
-
-
 def flat_messages(messages, prefix=""):
     """One field's messages as a list of strings, as the error schema says: marshmallow nests
     the messages of a list's items (and of nested fields) in dicts; each keeps its item's name."""
@@ -783,6 +761,31 @@ def retry_after_seconds():
     if limit is None:
         return 60
     return min(limit.limit.get_expiry(), max(1, math.ceil(limit.reset_at - time.time())))
+
+
+# --- flask-smorest and webargs, held to the contract ---
+
+
+class Api(flask_smorest.Api):
+    """flask-smorest's Api, every error in the contract's one shape."""
+
+    ERROR_SCHEMA = ErrorSchema
+
+    def handle_http_exception(self, error):
+        data = getattr(error, "data", None) or {}
+        message = data.get("message") or MESSAGES.get(error.code) or error.description
+        payload = error_body(error.code, message)
+        if errors := data.get("errors") or data.get("messages"):
+            payload["errors"] = {
+                location: {field: flat_messages(messages) for field, messages in by_field.items()} for location, by_field in errors.items()
+            }
+        # werkzeug's own headers (Allow on a 405), then those passed to abort().
+        headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
+        headers.update(data.get("headers") or {})
+        if error.code == 429:
+            payload["message"] = f"Too many requests ({error.description}); retry later."
+            headers["Retry-After"] = str(retry_after_seconds())
+        return payload, error.code, headers
 
 
 class Parser(FlaskParser):
