@@ -59,7 +59,7 @@ def post_fork(server, worker):
     large, so every later hash would stay in the heap: ~19 MB more per worker for good. A fixed
     threshold (mallopt M_MMAP_THRESHOLD, 1 MiB) keeps such blocks mmapped, returned when freed."""
     app = getattr(server.app, "callable", None)
-    if app is not None:
+    if app is not None and "sqlalchemy" in getattr(app, "extensions", {}):
         from todo_api import db
 
         with app.app_context():
@@ -69,3 +69,26 @@ def post_fork(server, worker):
         ctypes.CDLL(None).mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass  # not glibc
+
+
+def worker_exit(server, worker):
+    """A worker that retires cleanly (max_requests, or a graceful stop) leaves at once.
+
+    Python's own teardown of a forked worker frees every object of the app one by one, copying
+    each page it shares with the master first: ~0.5 s on this app, during which the worker
+    serves no one and the master has not yet replaced it. With both workers retiring together
+    that was a half-second stall for every client. Its database connections are closed cleanly
+    first; any other exit (a failed boot, a crash) keeps its status and Python's teardown."""
+    error = sys.exc_info()[1]
+    if not (isinstance(error, SystemExit) and error.code in (0, None)):
+        return
+    app = getattr(server.app, "callable", None)
+    if app is not None and "sqlalchemy" in getattr(app, "extensions", {}):
+        from todo_api import db
+
+        with app.app_context():
+            for engine in db.engines.values():
+                engine.dispose()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -50,7 +50,10 @@ def database_round_trips(app):
         driver = conn.connection.driver_connection
         if not isinstance(driver, sqlite3.Connection) and not driver.autocommit and not in_transaction(driver):
             sent.append("BEGIN")
-        sent.extend([text] * (len(parameters) if executemany and not isinstance(driver, sqlite3.Connection) else 1))
+        # psycopg sends an executemany as one statement per row (SQLAlchemy's multi-row
+        # "insertmanyvalues" batches arrive here as one statement with one set of parameters).
+        rows = len(parameters) if executemany and isinstance(parameters, list) else 1
+        sent.extend([text] * (1 if isinstance(driver, sqlite3.Connection) else rows))
 
     def ending(word):
         def listener(conn):

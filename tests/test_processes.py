@@ -429,3 +429,17 @@ def test_a_worker_gives_back_the_memory_of_password_hashes(serve):
     for _ in range(5):
         assert login(base, "rss@example.com", "right password")[0] == 200
     assert rss_mb(worker) - before < 8, (before, rss_mb(worker))
+
+
+def test_recycled_workers_are_replaced_at_once_and_drop_nothing(serve):
+    # max_requests 10: the two workers retire every few requests, often together. A retiring
+    # worker leaves at once (worker_exit), and every new one is a fork of the preloaded master.
+    base = serve(workers=2, RATELIMIT_ENABLED="false", GUNICORN_CMD_ARGS="--max-requests 10 --max-requests-jitter 0")
+    headers = bearer(signup(base, "recycled@example.com")["access_token"])
+    statuses = Counter(call("POST", f"{base}/api/tasks", {"title": f"t{n}"}, headers)[0] for n in range(60))
+    assert statuses == {201: 60}
+    status, response_headers, _ = call("GET", f"{base}/api/tasks?page_size=1", headers=headers)
+    assert status == 200 and json.loads(response_headers["X-Pagination"])["total"] == 60
+    log = serve.servers[-1].log.read_text()
+    assert log.count("Booting worker") >= 2 + 4, log[-2000:]  # 62 requests need 5 replacements, 4 of them served
+    assert "Traceback" not in log and "Worker failed to boot" not in log
