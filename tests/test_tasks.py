@@ -4,8 +4,9 @@ from datetime import datetime
 
 import marshmallow as ma
 import pytest
+from sqlalchemy import select
 
-from todo_api import Task, TaskSchema, db
+from todo_api import Task, TaskSchema, TaskTag, User, db, search_keys
 
 TASK_KEYS = {"id", "title", "description", "completed", "completed_at", "priority", "due_date", "tags", "created_at", "updated_at"}
 
@@ -371,3 +372,32 @@ def test_put_response_etag_is_the_new_one(client, auth_headers, make_task):
     task = make_task()
     put = client.put(f"/api/tasks/{task['id']}", json={"title": "b"}, headers=auth_headers)
     assert put.headers["ETag"] == client.get(f"/api/tasks/{task['id']}", headers=auth_headers).headers["ETag"]
+
+
+def test_every_write_path_keeps_the_derived_fields_tag_rows_and_counter(app, client, make_user):
+    # Derived state is written by one piece of code, whatever path writes the task: check it
+    # against the tasks themselves after writes through every route.
+    user = make_user()
+    headers, user_id = user["headers"], user["user"]["id"]
+    ids = [
+        client.post("/api/tasks", json={"title": "A", "tags": ["x", "y"], "completed": True}, headers=headers).json["id"],
+        client.post(f"/api/{user_id}/tasks", json={"title": "B", "description": "Desc"}, headers=headers).json["id"],
+        client.post("/api/tasks", json={"title": "C", "tags": ["z"]}, headers=headers).json["id"],
+    ]
+    assert client.put(f"/api/tasks/{ids[0]}", json={"title": "Put", "tags": ["y", "w"]}, headers=headers).status_code == 200
+    assert client.patch(f"/api/tasks/{ids[1]}", json={"tags": ["v"], "title": "Patched"}, headers=headers).status_code == 200
+    assert client.patch(f"/api/{user_id}/tasks/{ids[1]}/complete", headers=headers).status_code == 200
+    assert client.delete(f"/api/tasks/{ids[2]}", headers=headers).status_code == 204
+    with app.app_context():
+        tasks = db.session.scalars(select(Task).where(Task.user_id == user_id)).all()
+        tag_rows = db.session.execute(select(TaskTag.task_id, TaskTag.tag, TaskTag.user_id)).all()
+        counter = db.session.scalar(select(User.task_count).where(User.id == user_id))
+    assert sorted(task.id for task in tasks) == sorted(ids[:2])
+    assert counter == len(tasks) == 2
+    assert sorted(tag_rows) == sorted((task.id, tag, user_id) for task in tasks for tag in task.tags)
+    for task in tasks:
+        assert task.title_key == task.title.lower()
+        assert {"title_key": task.title_key, "search_key": task.search_key} == search_keys(task.title, task.description)
+        assert (task.completed_at is not None) == task.completed
+        assert task.tags == sorted(task.tags)
+    assert {task.title: task.tags for task in tasks} == {"Put": ["w", "y"], "Patched": ["v"]}
