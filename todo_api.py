@@ -1,8 +1,9 @@
 """todo-api: a multi-user Todo REST API in one module.
 
 People sign up, log in with JWTs and manage their own tasks. Read top to bottom: config,
-extensions, models, schemas, errors, auth helpers, the auth and tasks blueprints, service
-routes, CLI, and ``create_app()`` wiring it all. The API is described in README.md, served as
+extensions, models, schemas, errors, the flask-smorest and webargs classes held to the contract,
+the OpenAPI document, auth helpers, the auth and tasks blueprints, service routes, migrations,
+logs, and ``create_app()`` wiring it all. The API is described in README.md, served as
 OpenAPI at /openapi.json and browsable at /docs.
 """
 
