@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import click
+import flask_jwt_extended.config
 import flask_smorest
 import flask_sqlalchemy.session
 import marshmallow as ma
@@ -46,6 +47,7 @@ from flask_jwt_extended import (
     get_jwt,
     jwt_required,
 )
+from flask_jwt_extended.exceptions import JWTDecodeError
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_smorest import abort
@@ -124,7 +126,8 @@ class Config:
     OPENAPI_JSON_PATH = "openapi.json"
     OPENAPI_SWAGGER_UI_PATH = "/docs"
     OPENAPI_SWAGGER_UI_URL = "/docs/assets/"  # bundled copy: /docs works offline
-    OPENAPI_SWAGGER_UI_CONFIG = {"persistAuthorization": True}
+    # The token pasted into "Authorize" lives only as long as the page: not in browser storage.
+    OPENAPI_SWAGGER_UI_CONFIG = {"persistAuthorization": False}
     API_SPEC_OPTIONS = {
         "info": {"description": "A multi-user Todo API. Log in, then Authorize with the access token."},
         "security": [{"bearerAuth": []}],
@@ -527,6 +530,16 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+class QueryInteger(fields.Integer):
+    """A whole number in a query string: ASCII digits only (Python's int() also takes "２",
+    " 2", "+2" and "2_0")."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not (isinstance(value, str) and value.isascii() and value.isdigit()):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class UTCDateTime(fields.DateTime):
     """ISO 8601; input without an offset is UTC; output always carries +00:00."""
 
@@ -658,8 +671,8 @@ SORTS = [*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)]
 
 
 class TaskQueryArgsSchema(StrictSchema):
-    page = fields.Integer(load_default=1, validate=validate.Range(1, 2_147_483_647), metadata={"description": "1-based page number."})
-    page_size = fields.Integer(load_default=20, validate=validate.Range(1, 100), metadata={"description": "Tasks per page."})
+    page = QueryInteger(load_default=1, validate=validate.Range(1, 2_147_483_647), metadata={"description": "1-based page number."})
+    page_size = QueryInteger(load_default=20, validate=validate.Range(1, 100), metadata={"description": "Tasks per page."})
     completed = fields.Boolean(truthy={"true"}, falsy={"false"}, metadata={"description": "Only completed (true) or open (false) tasks."})
     priority = fields.String(validate=validate.OneOf(PRIORITIES), metadata={"description": "Only tasks of this priority."})
     tag = PlainText(trimmed=(1, 50), metadata={"description": "Only tasks carrying this tag (any case; 1-50 characters after trimming)."})
@@ -969,29 +982,65 @@ jwt.user_lookup_error_loader(lambda _header, _claims: unauthorized("Token has be
 # Identities are strings: PyJWT >= 2.10 rejects an integer "sub".
 jwt.user_identity_loader(str)
 
+# Every claim this service writes into a token, with its JSON type: a token without one of them,
+# or with another type, is refused (flask-jwt-extended would take a missing "type" for "access").
+TOKEN_CLAIMS = {"sub": str, "sid": str, "jti": str, "type": str, "iat": int, "exp": int}
+USER_ID = re.compile(r"[1-9][0-9]{0,18}")  # ASCII digits only: no sign, space, "_" or other scripts
+
+
+def has_every_claim(claims):
+    return (
+        all(type(claims.get(name)) is kind for name, kind in TOKEN_CLAIMS.items())
+        and claims["type"] in ("access", "refresh")
+        and USER_ID.fullmatch(claims["sub"]) is not None
+        and int(claims["sub"]) <= MAX_ID
+    )
+
+
+@jwt.decode_key_loader
+def key_for_a_complete_token(_header, claims):
+    """The key that verifies a token (the configured one), given only for a token that carries
+    every claim of TOKEN_CLAIMS: anything else is a 401 before its signature is even checked.
+    (Nothing is accepted from these unverified claims; the signature check follows.)"""
+    if not has_every_claim(claims):
+        raise JWTDecodeError("a claim is missing or malformed")
+    return flask_jwt_extended.config.config.decode_key
+
 
 @jwt.user_lookup_loader
 def load_session_user(_header, claims):
     """One query checks the token's session (for a refresh token, that it is the session's
     current one) and loads its user; None makes the token a 401."""
-    try:
-        user_id = int(claims["sub"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    refresh = claims.get("type") == "refresh"
-    params = {"user_id": user_id, "sid": str(claims.get("sid")), "jti": str(claims.get("jti"))}
+    params = {"user_id": int(claims["sub"]), "sid": claims["sid"], "now": utcnow()}  # has_every_claim checked them
     # A row, not an ORM object: most requests only need the id. Views that change the user load it.
-    return db.session.connection().execute(REFRESH_SESSION_USER if refresh else SESSION_USER, params).first()
+    row = db.session.connection().execute(SESSION_USER, params).first()
+    if row is not None and claims["type"] == "refresh" and row.refresh_jti != claims["jti"]:
+        # A refresh token that was already rotated away is being replayed: the signature of a
+        # stolen one. End the session: its access and refresh tokens, the thief's and the owner's.
+        db.session.execute(delete(UserSession).where(UserSession.id == claims["sid"]))
+        db.session.commit()
+        return None
+    return row
 
 
 # Statements built once; requests bind values, and SQLAlchemy reuses the compiled SQL.
 sessions_table = UserSession.__table__
 SESSION_USER = (
-    select(users_table.c.id, users_table.c.email, users_table.c.name, users_table.c.created_at, users_table.c.task_count)
+    select(
+        users_table.c.id,
+        users_table.c.email,
+        users_table.c.name,
+        users_table.c.created_at,
+        users_table.c.task_count,
+        sessions_table.c.refresh_jti,
+    )
     .join(sessions_table)
-    .where(users_table.c.id == bindparam("user_id"), sessions_table.c.id == bindparam("sid"))
+    .where(
+        users_table.c.id == bindparam("user_id"),
+        sessions_table.c.id == bindparam("sid"),
+        sessions_table.c.expires_at > bindparam("now"),  # a session ends when its refresh lifetime does
+    )
 )
-REFRESH_SESSION_USER = SESSION_USER.where(sessions_table.c.refresh_jti == bindparam("jti"))
 
 
 def new_token_id():

@@ -310,3 +310,9 @@ def test_sqlite_is_set_up_for_several_workers(app):
         assert pragma("foreign_keys") == 1
         assert pragma("busy_timeout") == 5000
         assert pragma("synchronous") == 1  # NORMAL
+
+
+def test_swagger_ui_keeps_no_token_in_browser_storage(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert 'var override_config = {"persistAuthorization": false};' in page.get_data(as_text=True)

@@ -4,14 +4,14 @@ every way a token can be refused, and the brute-force limits."""
 import base64
 import json
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import jwt as pyjwt
 import pytest
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
 from flask_jwt_extended import create_access_token, decode_token
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 import todo_api
 from helpers import PASSWORD, bearer, recorded_selects
@@ -162,15 +162,16 @@ def test_refresh_rotates_the_refresh_token(client, make_user):
     assert first.json["user"] == user["user"]
     assert first.json["refresh_token"] != user["refresh_token"]
 
-    # The refresh token used is dead; the new one works once.
-    assert_401(client.post("/api/auth/refresh", headers=bearer(user["refresh_token"])))
+    # The new refresh token works; the session's access tokens keep working.
     second = client.post("/api/auth/refresh", headers=bearer(first.json["refresh_token"]))
     assert_token_pair(second)
-    assert_401(client.post("/api/auth/refresh", headers=bearer(first.json["refresh_token"])))
-
-    # Access tokens of the session keep working.
     for token in (user["access_token"], first.json["access_token"], second.json["access_token"]):
         assert client.get("/api/auth/me", headers=bearer(token)).status_code == 200
+
+    # A refresh token used once is dead (and using it again ends the session: see below).
+    assert_401(client.post("/api/auth/refresh", headers=bearer(user["refresh_token"])))
+    for token in (user["access_token"], second.json["access_token"]):
+        assert_401(client.get("/api/auth/me", headers=bearer(token)))
 
 
 def test_access_token_cannot_refresh_and_refresh_token_cannot_access(client, make_user):
@@ -508,3 +509,73 @@ def test_authentication_costs_one_query(app, client, make_user):
     assert response.status_code == 200
     assert len(statements) == 1, statements
     assert "sessions" in statements[0] and "users" in statements[0]
+
+
+# --- every claim required, strictly typed (forged with the signing key itself) ---
+
+
+def signed(app, claims):
+    return pyjwt.encode(claims, app.config["JWT_SECRET_KEY"], algorithm="HS256")
+
+
+def without(claims, name):
+    return {key: value for key, value in claims.items() if key != name}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda c: without(c, "jti"), id="no jti"),
+        pytest.param(lambda c: without(c, "type"), id="no type"),
+        pytest.param(lambda c: without(c, "exp"), id="no exp"),
+        pytest.param(lambda c: without(c, "iat"), id="no iat"),
+        pytest.param(lambda c: without(c, "sid"), id="no sid"),
+        pytest.param(lambda c: {**c, "type": "bogus"}, id="type bogus"),
+        pytest.param(lambda c: {**c, "type": "ACCESS"}, id="type upper case"),
+        pytest.param(lambda c: {**c, "exp": str(c["exp"])}, id="exp a numeric string"),
+        pytest.param(lambda c: {**c, "exp": float(c["exp"])}, id="exp a float"),
+        pytest.param(lambda c: {**c, "iat": str(c["iat"])}, id="iat a string"),
+        pytest.param(lambda c: {**c, "sid": 7}, id="sid a number"),
+        pytest.param(lambda c: {**c, "jti": None}, id="jti null"),
+        pytest.param(lambda c: {**c, "sub": f" {c['sub']} "}, id="sub with spaces"),
+        pytest.param(lambda c: {**c, "sub": "１"}, id="sub in fullwidth digits"),
+        pytest.param(lambda c: {**c, "sub": "0" + c["sub"]}, id="sub with a leading zero"),
+        pytest.param(lambda c: {**c, "sub": str(2**63)}, id="sub past 64 bits"),
+        pytest.param(lambda c: {**c, "sub": "9" * 40}, id="sub of 40 digits"),
+    ],
+)
+def test_a_signed_token_without_every_claim_in_its_type_is_a_401_every_time(app, client, make_user, change):
+    claims = claims_of(app, make_user()["access_token"])
+    token = signed(app, change(dict(claims)))
+    for _ in range(3):  # the same answer on every repeat, never a 500
+        response = client.get("/api/tasks", headers=bearer(token))
+        assert_401(response)
+    assert client.get("/api/tasks", headers=bearer(signed(app, claims))).status_code == 200  # the unchanged claims pass
+
+
+def test_a_refresh_token_re_signed_without_its_type_is_no_access_token(app, client, make_user):
+    claims = claims_of(app, make_user()["refresh_token"])
+    assert claims["type"] == "refresh"
+    assert_401(client.get("/api/tasks", headers=bearer(signed(app, without(claims, "type")))))
+
+
+def test_replaying_a_rotated_refresh_token_ends_the_session(client, make_user):
+    first = make_user()
+    second = client.post("/api/auth/refresh", headers=bearer(first["refresh_token"]))
+    assert second.status_code == 200
+    assert client.get("/api/tasks", headers=bearer(second.json["access_token"])).status_code == 200
+    assert_401(client.post("/api/auth/refresh", headers=bearer(first["refresh_token"])))  # the replay
+    # The whole session is over: the newer pair too, and the access token of the first.
+    assert_401(client.get("/api/tasks", headers=bearer(second.json["access_token"])))
+    assert_401(client.post("/api/auth/refresh", headers=bearer(second.json["refresh_token"])))
+    assert_401(client.get("/api/tasks", headers=first["headers"]))
+
+
+def test_a_session_past_its_expiry_accepts_no_token(app, client, make_user):
+    user = make_user()
+    assert client.get("/api/tasks", headers=user["headers"]).status_code == 200
+    with app.app_context():
+        db.session.execute(update(UserSession).values(expires_at=datetime(2000, 1, 1)))
+        db.session.commit()
+    assert_401(client.get("/api/tasks", headers=user["headers"]))
+    assert_401(client.post("/api/auth/refresh", headers=bearer(user["refresh_token"])))

@@ -309,3 +309,12 @@ def test_every_listing_order_reads_an_index_without_sorting(app, make_user, plan
             assert "TEMP B-TREE" not in plan, plan
             assert not re.search(r"\bSCAN (tasks|task_tags)\b", plan), plan  # searches only, by index or key
             assert re.search(r"SEARCH tasks USING INDEX ix_tasks_user_\w+ \(user_id=\?", plan), plan
+
+
+@pytest.mark.parametrize("value", ["２", "2_0", " 2", "+2", "2.0", "0x2", "٢", ""])
+@pytest.mark.parametrize("name", ["page", "page_size"])
+def test_page_numbers_are_ascii_digits_only(client, auth_headers, name, value):
+    response = client.get(f"/api/tasks?{name}={value}", headers=auth_headers)
+    assert response.status_code == 422
+    assert response.json["errors"]["query"][name] == ["Not a valid integer."]
+    assert client.get(f"/api/tasks?{name}=2", headers=auth_headers).status_code == 200

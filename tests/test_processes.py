@@ -443,3 +443,13 @@ def test_recycled_workers_are_replaced_at_once_and_drop_nothing(serve):
     log = serve.servers[-1].log.read_text()
     assert log.count("Booting worker") >= 2 + 4, log[-2000:]  # 62 requests need 5 replacements, 4 of them served
     assert "Traceback" not in log and "Worker failed to boot" not in log
+
+
+def test_instances_open_no_shared_control_socket(serve, tmp_path):
+    # gunicorn 27 opens ~/.gunicorn/gunicorn.ctl by default, one path for every instance of a
+    # user: a second instance would take it over. gunicorn.conf.py turns it off.
+    home = tmp_path / "home"
+    home.mkdir()
+    for _ in range(2):
+        assert call("GET", f"{serve(HOME=str(home))}/health")[0] == 200
+    assert list(home.iterdir()) == []
