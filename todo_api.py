@@ -829,7 +829,10 @@ class Parser(FlaskParser):
     DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": None, "querystring": None}
 
     def load_json(self, req, schema):
-        body = req.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+        body = req.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH, when it is given
+        # A body without Content-Length (chunked) is only cut at the limit: refuse one that goes on.
+        if req.content_length is None and len(body) >= req.max_content_length and req.environ["wsgi.input"].read(1):
+            abort(413)
         if not body:
             raise ma.ValidationError({"_schema": ["A JSON request body is required."]})
         if not req.is_json:

@@ -453,3 +453,29 @@ def test_instances_open_no_shared_control_socket(serve, tmp_path):
     for _ in range(2):
         assert call("GET", f"{serve(HOME=str(home))}/health")[0] == 200
     assert list(home.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra", [b"", b"trailing bytes past the limit"])
+def test_a_chunked_body_is_read_whole_or_refused_with_413(serve, extra):
+    base = serve(MAX_CONTENT_LENGTH="1000", RATELIMIT_ENABLED="false")
+    token = signup(base, "chunked@example.com")["access_token"]
+    body = b'{"title": "cut here"}'.ljust(1000) + extra  # valid JSON of exactly the limit, then more
+    connection = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=10)
+    connection.request(
+        "POST",
+        "/api/tasks",
+        body=iter([body[:600], body[600:]]),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        encode_chunked=True,
+    )
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    connection.close()
+    status, _, tasks = call("GET", f"{base}/api/tasks", headers=bearer(token))
+    if extra:
+        assert response.status == 413, answer
+        assert answer["code"] == 413
+        assert tasks == []  # nothing written from part of a body
+    else:
+        assert response.status == 201, answer
+        assert [task["title"] for task in tasks] == ["cut here"]
