@@ -565,12 +565,16 @@ class Email(fields.Email):
 class TagList(fields.List):
     """Tags trimmed, lower-cased, de-duplicated and sorted; at most 20 after that."""
 
+    MAX_SENT = 100  # repeats allowed, but a list this long is refused before its items are read
+
     def __init__(self, **kwargs):
         tag = PlainText(trimmed=(1, 50))
         description = "Up to 20 tags of 1-50 characters each after trimming (at most 100 as sent); stored lower-cased, de-duplicated and sorted. Default on POST and PUT: []."
         super().__init__(tag, metadata={"maxItems": 20, "description": description}, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, list) and len(value) > self.MAX_SENT:  # refused before any item is validated
+            raise ma.ValidationError(f"At most {self.MAX_SENT} tags may be sent (20 distinct).")
         tags = sorted({tag.lower() for tag in super()._deserialize(value, attr, data, **kwargs)})
         if len(tags) > 20:
             raise ma.ValidationError("At most 20 distinct tags.")
@@ -789,6 +793,24 @@ def flat_messages(messages, prefix=""):
     return [f"{prefix}{messages}"]
 
 
+# An error body stays small whatever the input: so many fields, messages, characters of a name.
+MAX_ERROR_FIELDS, MAX_FIELD_MESSAGES, MAX_FIELD_NAME = 20, 5, 100
+
+
+def bounded_messages(by_field):
+    """One location's field -> messages, cut to a few KB: the first fields and messages, and
+    how many more there were."""
+    shown = {}
+    for name, messages in list(by_field.items())[:MAX_ERROR_FIELDS]:
+        messages = flat_messages(messages)
+        if len(messages) > MAX_FIELD_MESSAGES:
+            messages = [*messages[:MAX_FIELD_MESSAGES], f"... and {len(messages) - MAX_FIELD_MESSAGES} more."]
+        shown[str(name)[:MAX_FIELD_NAME]] = messages
+    if len(by_field) > MAX_ERROR_FIELDS:
+        shown["_more"] = [f"{len(by_field) - MAX_ERROR_FIELDS} more fields have errors."]
+    return shown
+
+
 def retry_after_seconds():
     """Seconds until the breached limit's window resets, within 1 and the window's length."""
     limit = limiter.current_limit
@@ -810,9 +832,7 @@ class Api(flask_smorest.Api):
         message = data.get("message") or MESSAGES.get(error.code) or error.description
         payload = error_body(error.code, message)
         if errors := data.get("errors") or data.get("messages"):
-            payload["errors"] = {
-                location: {field: flat_messages(messages) for field, messages in by_field.items()} for location, by_field in errors.items()
-            }
+            payload["errors"] = {location: bounded_messages(by_field) for location, by_field in errors.items()}
         # werkzeug's own headers (Allow on a 405), then those passed to abort().
         headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
         headers.update(data.get("headers") or {})

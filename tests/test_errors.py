@@ -161,3 +161,28 @@ def test_messages_of_list_items_are_a_flat_list_naming_the_item(client, auth_hea
             ]
         }
     }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"title": "x", "tags": [""] * 100_000}, id="100,000 empty tags"),
+        pytest.param({"title": "x", "tags": [0] * 300_000}, id="300,000 integers as tags"),
+        pytest.param({"title": "x", "tags": ["a"] * 101}, id="101 tags"),
+        pytest.param({"title": "x", **{f"unknown{n}": 1 for n in range(20_000)}}, id="20,000 unknown fields"),
+        pytest.param({"title": "x", "k" * 50_000: 1}, id="a 50,000-character field name"),
+    ],
+)
+def test_an_error_body_is_a_few_kb_whatever_the_request(client, auth_headers, body):
+    response = client.post("/api/tasks", json=body, headers=auth_headers)
+    assert_error(response, 422, "Unprocessable Entity")
+    assert len(response.data) < 4096, len(response.data)
+
+
+def test_over_long_tag_lists_are_refused_before_their_items_and_errors_are_cut(client, auth_headers):
+    response = client.post("/api/tasks", json={"title": "x", "tags": [""] * 101}, headers=auth_headers)
+    assert response.json["errors"] == {"json": {"tags": ["At most 100 tags may be sent (20 distinct)."]}}
+    many = client.post("/api/tasks", json={"title": "x", "tags": [""] * 8}, headers=auth_headers)
+    assert many.json["errors"]["json"]["tags"][-1] == "... and 3 more."
+    assert len(many.json["errors"]["json"]["tags"]) == 6
+    assert client.post("/api/tasks", json={"title": "x", "tags": ["a", "A"] * 50}, headers=auth_headers).status_code == 201
