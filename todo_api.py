@@ -19,6 +19,7 @@ import re
 import secrets
 import sqlite3
 import time
+import unicodedata
 import uuid
 import warnings
 from collections import Counter
@@ -556,10 +557,15 @@ class UTCDateTime(fields.DateTime):
 
 
 class Email(fields.Email):
-    """Stored and compared lower-cased."""
+    """Stored and compared lower-cased. No invisible or direction-changing character anywhere
+    (Unicode categories Cc, Cf, Co, Cn: zero-width spaces, bidi overrides, a BOM): an address
+    must not look exactly like another one."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        return super()._deserialize(value, attr, data, **kwargs).strip().lower()
+        value = super()._deserialize(value, attr, data, **kwargs).strip().lower()
+        if any(unicodedata.category(char) in ("Cc", "Cf", "Co", "Cn") for char in value):
+            raise ma.ValidationError("Must not contain invisible or direction-changing characters.")
+        return value
 
 
 class TagList(fields.List):

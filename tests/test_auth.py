@@ -579,3 +579,13 @@ def test_a_session_past_its_expiry_accepts_no_token(app, client, make_user):
         db.session.commit()
     assert_401(client.get("/api/tasks", headers=user["headers"]))
     assert_401(client.post("/api/auth/refresh", headers=bearer(user["refresh_token"])))
+
+
+@pytest.mark.parametrize("char", ["\u200b", "\u202e", "\ufeff", "\u200d", "\u2066", "\u00ad"])
+@pytest.mark.parametrize("where", ["local", "domain"])
+def test_an_email_with_an_invisible_or_bidi_character_is_a_422(client, char, where):
+    email = f"ad{char}a@example.com" if where == "local" else f"ada@exa{char}mple.com"
+    response = client.post("/api/auth/signup", json={"email": email, "password": PASSWORD})
+    assert response.status_code == 422, response.json
+    assert "email" in response.json["errors"]["json"]
+    assert client.post("/api/auth/signup", json={"email": "ada@example.com", "password": PASSWORD}).status_code == 201
