@@ -285,6 +285,7 @@ def utcnow():
 
 class User(db.Model):
     __tablename__ = "users"
+    __table_args__ = {"sqlite_autoincrement": True}  # never reuse a deleted account's id
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)

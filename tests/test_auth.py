@@ -589,3 +589,11 @@ def test_an_email_with_an_invisible_or_bidi_character_is_a_422(client, char, whe
     assert response.status_code == 422, response.json
     assert "email" in response.json["errors"]["json"]
     assert client.post("/api/auth/signup", json={"email": "ada@example.com", "password": PASSWORD}).status_code == 201
+
+
+def test_a_deleted_accounts_id_is_never_given_to_another(client, make_user):
+    first = make_user()
+    last = make_user()
+    assert client.delete("/api/auth/me", headers=last["headers"]).status_code == 204
+    after = make_user()
+    assert after["user"]["id"] > last["user"]["id"] > first["user"]["id"]

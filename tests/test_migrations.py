@@ -142,3 +142,27 @@ def test_upgrading_gives_existing_tag_rows_their_tasks_owner(bare_app):
     with bare_app.app_context():
         downgrade(revision="5b1e6f0c3a27")
         assert db.session.execute(text("SELECT count(*) FROM task_tags")).scalar() == 4
+
+
+def test_upgrading_keeps_the_users_and_stops_reusing_their_ids(bare_app):
+    with bare_app.app_context():
+        upgrade(revision="9d41c2b7e5a8")  # before users had AUTOINCREMENT on SQLite
+        for n in (1, 2):
+            db.session.execute(
+                text(
+                    f"INSERT INTO users (id, email, name, password_hash, created_at) VALUES ({n}, 'u{n}@example.com', '', 'x', '2026-01-01')"
+                )
+            )
+        insert_task_of_old_schema(1, "kept")
+        db.session.commit()
+        upgrade()
+        assert db.session.execute(text("SELECT count(*) FROM users")).scalar() == 2
+        assert db.session.execute(text("SELECT title FROM tasks WHERE user_id = 1")).scalars().all() == ["kept"]
+        if db.engine.dialect.name != "sqlite":
+            return  # explicit ids leave PostgreSQL's sequence behind; test_auth.py covers its ids
+        db.session.execute(text("DELETE FROM users WHERE id = 2"))
+        db.session.execute(
+            text("INSERT INTO users (email, name, password_hash, created_at) VALUES ('new@example.com', '', 'x', '2026-01-02')")
+        )
+        assert db.session.execute(text("SELECT id FROM users WHERE email = 'new@example.com'")).scalar() == 3
+        db.session.rollback()
