@@ -74,6 +74,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    or_,
     select,
     text,
     update,
@@ -348,7 +349,8 @@ class Task(db.Model):
     version: Mapped[int] = mapped_column(Integer)
     # Lower-cased in Python so that sorting and search agree on SQLite and PostgreSQL.
     title_key: Mapped[str] = mapped_column(String(200).with_variant(String(200, collation="C"), "postgresql"))
-    search_key: Mapped[str] = mapped_column(Text)
+    # The column keeps its first name (renaming it would make SQLite copy the table).
+    description_key: Mapped[str] = mapped_column("search_key", Text)
 
     # Every UPDATE checks the version it read: concurrent writers cannot both win.
     __mapper_args__ = {"version_id_col": version}
@@ -394,8 +396,8 @@ class Task(db.Model):
 
 
 def search_keys(title, description):
-    """The lower-cased copies that title order and search read."""
-    return {"title_key": title.lower(), "search_key": f"{title}\x1f{description}".lower()}
+    """The lower-cased copies that title order and search read (a search matches each field on its own)."""
+    return {"title_key": title.lower(), "description_key": description.lower()}
 
 
 # Tasks without a due date sort last in both directions: the order is (due_date IS NULL),
@@ -1280,7 +1282,7 @@ FILTER_CONDITIONS = {
     "completed": Task.completed == bindparam("completed"),
     "priority": Task.priority_rank == bindparam("priority"),
     "tag": exists().where(task_tags.c.task_id == Task.id, task_tags.c.user_id == bindparam("user_id"), task_tags.c.tag == bindparam("tag")),
-    "q": Task.search_key.like(bindparam("q"), escape="/"),
+    "q": or_(Task.title_key.like(bindparam("q"), escape="/"), Task.description_key.like(bindparam("q"), escape="/")),  # each on its own
     "due_before": Task.due_date < bindparam("due_before"),
     "due_after": Task.due_date > bindparam("due_after"),
 }

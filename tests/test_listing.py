@@ -267,7 +267,7 @@ def planner_data():
     """Rows for two users, the one whose listing is planned owning 5% of them, so that planners
     cost plans as they would in use."""
     return [
-        {"user_id": user, "title": f"t{n}", "title_key": f"t{n}", "search_key": f"t{n}\x1f", "description": "", "completed": n % 2 == 0,
+        {"user_id": user, "title": f"t{n}", "title_key": f"t{n}", "search_key": "", "description": "", "completed": n % 2 == 0,
          "priority": n % 3, "due_date": datetime(2026, 1, 1 + n % 28) if n % 4 else None, "tags": [], "version": 1,
          "created_at": datetime(2026, 1, 1), "updated_at": datetime(2026, 1, 1)}
         for user, count in ((1, 100), (2, 1900)) for n in range(count)
@@ -318,3 +318,14 @@ def test_page_numbers_are_ascii_digits_only(client, auth_headers, name, value):
     assert response.status_code == 422
     assert response.json["errors"]["query"][name] == ["Not a valid integer."]
     assert client.get(f"/api/tasks?{name}=2", headers=auth_headers).status_code == 200
+
+
+def test_search_matches_the_title_or_the_description_each_on_its_own(client, auth_headers, make_task):
+    task = make_task(title="ab", description="cd")
+    make_task(title="other", description="")
+    search = lambda q: client.get("/api/tasks", query_string={"q": q}, headers=auth_headers)  # noqa: E731
+    for q in ("\x1f", "b\x1fc", "bc", "b c"):
+        response = search(q)
+        assert response.status_code == 200 and response.json == [], q
+    assert [t["id"] for t in search("B").json] == [task["id"]]
+    assert [t["id"] for t in search("C").json] == [task["id"]]

@@ -166,3 +166,19 @@ def test_upgrading_keeps_the_users_and_stops_reusing_their_ids(bare_app):
         )
         assert db.session.execute(text("SELECT id FROM users WHERE email = 'new@example.com'")).scalar() == 3
         db.session.rollback()
+
+
+def test_upgrading_gives_existing_tasks_a_description_key(bare_app):
+    with bare_app.app_context():
+        upgrade(revision="3f6a2d1c8b90")  # before title and description were searched each on its own
+        db.session.execute(
+            text("INSERT INTO users (id, email, name, password_hash, created_at) VALUES (1, 'd@example.com', '', 'x', '2026-01-01')")
+        )
+        insert_task_of_old_schema(1, "Title")
+        db.session.execute(text("UPDATE tasks SET description = 'Ünïcode DESC'"))
+        db.session.commit()
+        upgrade()
+        assert db.session.execute(text("SELECT search_key FROM tasks")).scalars().all() == ["ünïcode desc"]
+        db.session.rollback()
+        downgrade(revision="3f6a2d1c8b90")
+        assert db.session.execute(text("SELECT search_key FROM tasks")).scalars().all() == ["title\x1fünïcode desc"]

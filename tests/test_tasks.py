@@ -397,7 +397,7 @@ def test_every_write_path_keeps_the_derived_fields_tag_rows_and_counter(app, cli
     assert sorted(tag_rows) == sorted((task.id, tag, user_id) for task in tasks for tag in task.tags)
     for task in tasks:
         assert task.title_key == task.title.lower()
-        assert {"title_key": task.title_key, "search_key": task.search_key} == search_keys(task.title, task.description)
+        assert {"title_key": task.title_key, "description_key": task.description_key} == search_keys(task.title, task.description)
         assert (task.completed_at is not None) == task.completed
         assert task.tags == sorted(task.tags)
     assert {task.title: task.tags for task in tasks} == {"Put": ["w", "y"], "Patched": ["v"]}
