@@ -1002,9 +1002,18 @@ def unauthorized(message, error="invalid_token"):
     return error_body(401, message), 401, bearer_challenge(error)
 
 
+def invalid_token_message(reason):
+    """What is wrong with a token, for people: not PyJWT's parser internals."""
+    if "signature" in reason.lower():
+        return "Invalid token: its signature does not verify."
+    if "claim" in reason.lower():
+        return "Invalid token: a claim is missing or malformed."
+    return "Invalid token: it is not a well-formed JWT."
+
+
 # Every way a token can fail is the contract's 401, never the library's 422 {"msg": ...}.
 jwt.unauthorized_loader(lambda _reason: unauthorized("Missing or malformed Authorization header.", None))
-jwt.invalid_token_loader(lambda reason: unauthorized(f"Invalid token: {reason}."))
+jwt.invalid_token_loader(lambda reason: unauthorized(invalid_token_message(reason)))
 jwt.expired_token_loader(lambda _header, _claims: unauthorized("Token has expired."))
 jwt.revoked_token_loader(lambda _header, _claims: unauthorized("Token has been revoked."))
 jwt.needs_fresh_token_loader(lambda _header, _claims: unauthorized("A fresh token is needed: log in again."))

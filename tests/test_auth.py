@@ -597,3 +597,26 @@ def test_a_deleted_accounts_id_is_never_given_to_another(client, make_user):
     assert client.delete("/api/auth/me", headers=last["headers"]).status_code == 204
     after = make_user()
     assert after["user"]["id"] > last["user"]["id"] > first["user"]["id"]
+
+
+@pytest.mark.parametrize(
+    "token, message",
+    [
+        ("not-a-jwt", "Invalid token: it is not a well-formed JWT."),
+        ("e30.e30.e30", "Invalid token: a claim is missing or malformed."),
+        ("%%%.%%%.%%%", "Invalid token: it is not a well-formed JWT."),
+        ("eyJhbGciOiJIUzI1NiJ9.e30.", "Invalid token: a claim is missing or malformed."),
+    ],
+)
+def test_a_malformed_token_is_told_in_words_for_people(client, token, message):
+    response = client.get("/api/tasks", headers=bearer(token))
+    assert_401(response)
+    assert response.json["message"] == message
+    assert ".." not in response.json["message"]
+
+
+def test_a_bad_signature_is_told_as_such(client, make_user):
+    token = make_user()["access_token"]
+    response = client.get("/api/tasks", headers=bearer(token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")))
+    assert_401(response)
+    assert response.json["message"] == "Invalid token: its signature does not verify."
