@@ -5,11 +5,17 @@ Command-line options override all of these.
 """
 
 import ctypes
+import json
 import multiprocessing
 import os
 import subprocess
 import sys
+import uuid
+from http import HTTPStatus
 from pathlib import Path
+
+import gunicorn
+import gunicorn.util
 
 HERE = Path(__file__).resolve().parent
 
@@ -92,3 +98,37 @@ def worker_exit(server, worker):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+# --- gunicorn adapter, written for gunicorn 27.0.1 ---
+# gunicorn answers some requests before the app sees them: a request line past
+# limit_request_line (414), headers past limit_request_field_size or limit_request_fields (431),
+# malformed framing (400, 501). Its workers send those answers through gunicorn.util.write_error,
+# in HTML; this replaces it with the API's JSON error shape, a request id and nosniff, and a
+# message for people instead of the parser's. tests/test_processes.py provokes each and
+# checks the shape; it fails if gunicorn stops calling write_error.
+GUNICORN_VERSION = "27.0.1"
+GUNICORN_MESSAGES = {
+    400: "The request is malformed HTTP.",
+    403: "The request is forbidden.",
+    414: f"The request line is too long (at most {limit_request_line} bytes).",
+    417: "The Expect header is not supported.",
+    431: "The request headers are too large or too many.",
+    501: "This Transfer-Encoding is not supported.",
+}
+
+
+def write_json_error(sock, status_int, _reason, _mesg):
+    phrase = HTTPStatus(status_int).phrase
+    message = GUNICORN_MESSAGES.get(status_int, "Internal server error." if status_int >= 500 else phrase + ".")
+    body = json.dumps({"code": status_int, "status": phrase, "message": message}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {phrase}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nX-Request-ID: {uuid.uuid4().hex}\r\nX-Content-Type-Options: nosniff\r\n\r\n"
+    )
+    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+if gunicorn.__version__ != GUNICORN_VERSION:
+    print(f"gunicorn.conf.py: error answers adapted for gunicorn {GUNICORN_VERSION}, running {gunicorn.__version__}", file=sys.stderr)
+gunicorn.util.write_error = write_json_error

@@ -4,6 +4,7 @@ Redis, workers killed under load, a graceful stop, the database going away, many
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -479,3 +481,41 @@ def test_a_chunked_body_is_read_whole_or_refused_with_413(serve, extra):
     else:
         assert response.status == 201, answer
         assert [task["title"] for task in tasks] == ["cut here"]
+
+
+def raw_exchange(base, data):
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(data)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        pytest.param(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, id="request line too long"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, id="header too large"),
+        pytest.param(
+            b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % n for n in range(150)) + b"\r\n", 431, id="too many headers"
+        ),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n", 400, id="malformed header"),
+        pytest.param(b"NOT HTTP AT ALL\r\n\r\n", 400, id="malformed request line"),
+        pytest.param(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: bogus\r\n\r\n", 501, id="unknown transfer coding"),
+    ],
+)
+def test_answers_gunicorn_gives_before_the_app_are_the_contracts_json(serve, request_bytes, status):
+    base = serve()
+    got, headers, body = raw_exchange(base, request_bytes)
+    assert got == status
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert re.fullmatch("[0-9a-f]{32}", headers["X-Request-ID"])
+    assert set(body) == {"code", "status", "message"} and body["code"] == status
+    assert body["status"] == HTTPStatus(status).phrase
+    assert "<" not in body["message"] and "'" not in body["message"]
