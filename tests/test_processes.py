@@ -119,12 +119,20 @@ def test_tokens_and_logout_hold_across_instances(serve):
     assert call("GET", f"{second}/api/auth/me", headers=bearer(pair["access_token"]))[0] == 200
     status, _, refreshed = call("POST", f"{second}/api/auth/refresh", headers=bearer(pair["refresh_token"]))
     assert status == 200
-    assert call("POST", f"{first}/api/auth/refresh", headers=bearer(pair["refresh_token"]))[0] == 401
 
     assert call("POST", f"{first}/api/auth/logout", headers=bearer(refreshed["access_token"]))[0] == 204
     for base in (first, second):
         assert call("GET", f"{base}/api/auth/me", headers=bearer(pair["access_token"]))[0] == 401
         assert call("POST", f"{base}/api/auth/refresh", headers=bearer(refreshed["refresh_token"]))[0] == 401
+
+    # A rotated refresh token replayed on one instance ends the session on every instance.
+    status, _, session = login(first, "both@example.com", "right password")
+    assert status == 200
+    status, _, rotated = call("POST", f"{second}/api/auth/refresh", headers=bearer(session["refresh_token"]))
+    assert status == 200
+    assert call("POST", f"{first}/api/auth/refresh", headers=bearer(session["refresh_token"]))[0] == 401
+    for base in (first, second):
+        assert call("GET", f"{base}/api/auth/me", headers=bearer(rotated["access_token"]))[0] == 401
 
 
 def test_concurrent_puts_with_one_if_match_exactly_one_wins(serve):
