@@ -57,6 +57,17 @@ def migrate_once():
 migrate_once()
 
 
+def dispose_engines(server, close):
+    """Drop the app's pooled database connections (the bare Flask floor of `make bench` has none)."""
+    app = getattr(server.app, "callable", None)
+    if app is not None and "sqlalchemy" in getattr(app, "extensions", {}):
+        from todo_api import db
+
+        with app.app_context():
+            for engine in db.engines.values():
+                engine.dispose(close=close)
+
+
 def post_fork(server, worker):
     """In each worker: no database connection shared with the master (SQLAlchemy's advice for
     forked processes), and memory that argon2 frees goes back to the system.
@@ -64,13 +75,7 @@ def post_fork(server, worker):
     argon2 takes 19 MiB per hash. glibc raises its mmap threshold after freeing a block that
     large, so every later hash would stay in the heap: ~19 MB more per worker for good. A fixed
     threshold (mallopt M_MMAP_THRESHOLD, 1 MiB) keeps such blocks mmapped, returned when freed."""
-    app = getattr(server.app, "callable", None)
-    if app is not None and "sqlalchemy" in getattr(app, "extensions", {}):
-        from todo_api import db
-
-        with app.app_context():
-            for engine in db.engines.values():
-                engine.dispose(close=False)
+    dispose_engines(server, close=False)  # the master's connections stay the master's
     try:
         ctypes.CDLL(None).mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
@@ -88,13 +93,7 @@ def worker_exit(server, worker):
     error = sys.exc_info()[1]
     if not (isinstance(error, SystemExit) and error.code in (0, None)):
         return
-    app = getattr(server.app, "callable", None)
-    if app is not None and "sqlalchemy" in getattr(app, "extensions", {}):
-        from todo_api import db
-
-        with app.app_context():
-            for engine in db.engines.values():
-                engine.dispose()
+    dispose_engines(server, close=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

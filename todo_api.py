@@ -210,7 +210,7 @@ class RequestSession(flask_sqlalchemy.session.Session):
 
     def get_bind(self, *args, **kwargs):
         engine = super().get_bind(*args, **kwargs)
-        if is_read_request() and engine.dialect.name != "sqlite":
+        if engine.dialect.name != "sqlite" and is_read_request():
             return current_app.extensions["autocommit_engines"].setdefault(engine, engine.execution_options(isolation_level="AUTOCOMMIT"))
         return engine
 

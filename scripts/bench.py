@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from scripts.loopback import free_port, wait_until_healthy  # noqa: E402  (needs ROOT on the path)
+from scripts.loopback import free_port, rss_mb, wait_until_healthy  # noqa: E402  (needs ROOT on the path)
 
 BIN = Path(sys.executable).parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -82,13 +82,6 @@ def cpu_seconds(pids):
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / TICKS
-
-
-def rss_mb(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def request(method, url, body=None, headers=None):
@@ -163,7 +156,7 @@ def run_python(url, method, body, headers, seconds, connections, _tmp):
 def seed_scale(database_url, big_user_tasks, total_tasks):
     """A user with big_user_tasks tasks among total_tasks, written through the app's models: the
     tag rows and task counters are kept by the same code as for the API's own writes."""
-    from todo_api import Task, User, create_app, db, password_hasher
+    from todo_api import PRIORITIES, Task, User, create_app, db, password_hasher
 
     app = create_app(
         {"SQLALCHEMY_DATABASE_URI": database_url, "JWT_SECRET_KEY": SECRET, "AUTO_MIGRATE": False}, instance_path=tempfile.mkdtemp()
@@ -185,7 +178,7 @@ def seed_scale(database_url, big_user_tasks, total_tasks):
                         user_id=user.id,
                         title=f"Task {i} of user {user.id}",
                         completed=i % 3 == 0,
-                        priority=("low", "medium", "high")[rng.randrange(3)],
+                        priority=rng.choice(PRIORITIES),
                         due_date=created + timedelta(days=rng.randrange(60)) if i % 2 else None,
                         tags=[f"tag{i % 10}"],
                         created_at=created,

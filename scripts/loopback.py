@@ -1,11 +1,12 @@
 """Serving the app on loopback, for the benchmark, the fuzzer and the process tests: a free
-port, a wait until /health answers, and one JSON request."""
+port, a wait until /health answers, one JSON request, and a process's memory."""
 
 import json
 import socket
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 
 def free_port():
@@ -40,3 +41,11 @@ def wait_until_healthy(base, seconds=30, process=None):
             pass
         time.sleep(0.1)
     return False
+
+
+def rss_mb(pid):
+    """A process's resident memory in MB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import delete, func, select
 
-from scripts.loopback import call, free_port, wait_until_healthy
+from helpers import bearer
+from scripts.loopback import call, free_port, rss_mb, wait_until_healthy
 from todo_api import Task, TaskTag, User, create_app, db, drop_everything
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,10 +51,6 @@ def require(service, url):
 
 DEFAULT_PORTS = {"redis": 6379, "postgresql": 5432, "postgres": 5432}
 ENV_NAMES = {"Redis": "TEST_REDIS_URL", "PostgreSQL": "TEST_DATABASE_URL"}
-
-
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
 
 
 class Server:
@@ -419,13 +416,6 @@ def test_gunicorn_migrates_a_fresh_database_before_its_workers_start(serve, tmp_
     with app.app_context():
         assert db.session.execute(db.text("SELECT count(*) FROM alembic_version")).scalar() == 1
         db.engine.dispose()
-
-
-def rss_mb(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def test_a_worker_gives_back_the_memory_of_password_hashes(serve):
