@@ -9,11 +9,14 @@ OpenAPI at /openapi.json and browsable at /docs.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import functools
+import hashlib
 import json
 import logging
 import math
+import operator
 import os
 import re
 import secrets
@@ -22,7 +25,7 @@ import time
 import unicodedata
 import uuid
 import warnings
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from functools import wraps
 from http import HTTPStatus
@@ -38,6 +41,7 @@ from apispec import BasePlugin
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import Flask, current_app, g, has_request_context, jsonify, request, send_from_directory, url_for
+from flask.cli import with_appcontext
 from flask.views import MethodView
 from flask_cors import CORS
 from flask_jwt_extended import (
@@ -52,6 +56,7 @@ from flask_jwt_extended.exceptions import JWTDecodeError
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_smorest import abort
+from flask_smorest.pagination import PaginationMetadataSchema
 from flask_sqlalchemy import SQLAlchemy
 from marshmallow import fields, validate
 from sqlalchemy import (
@@ -66,7 +71,9 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    and_,
     bindparam,
+    cast,
     create_engine,
     delete,
     event,
@@ -74,9 +81,12 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    null,
     or_,
     select,
     text,
+    tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -111,6 +121,9 @@ class Config:
     JWT_ACCESS_TOKEN_EXPIRES = 900
     JWT_REFRESH_TOKEN_EXPIRES = 2_592_000
     MAX_CONTENT_LENGTH = 1024 * 1024
+    TRASH_RETENTION_DAYS = 30  # a deleted task stays restorable this long
+    SYNC_RETENTION_DAYS = 30  # a sync cursor stays usable this long (tombstones are kept a day longer)
+    IDEMPOTENCY_TTL = 86_400  # seconds an Idempotency-Key's answer is kept
 
     CORS_ORIGINS = ""
     TRUSTED_PROXIES = 0  # how many reverse proxies in front may set X-Forwarded-*
@@ -149,6 +162,9 @@ ENV_SETTINGS = {  # environment variable -> how to read it
     "DB_MAX_OVERFLOW": int,
     "DB_POOL_TIMEOUT": int,
     "DB_PING_AFTER_IDLE": float,
+    "TRASH_RETENTION_DAYS": float,
+    "SYNC_RETENTION_DAYS": float,
+    "IDEMPOTENCY_TTL": int,
 }
 
 
@@ -296,6 +312,9 @@ class User(db.Model):
     # How many tasks the user has, changed in the transaction that creates or deletes one: an
     # unfiltered listing's total without counting (100,000 rows cost a COUNT ~7 ms on SQLite).
     task_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The number of the user's latest change to their tasks (see next_change): sync cursors
+    # count in it.
+    change_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     def set_password(self, password):
         self.password_hash = password_hasher.hash(password)
@@ -332,6 +351,8 @@ class Task(db.Model):
         Index("ix_tasks_user_updated", "user_id", "updated_at", "id"),
         Index("ix_tasks_user_priority", "user_id", "priority", "id"),
         Index("ix_tasks_user_title", "user_id", "title_key", "id"),
+        Index("ix_tasks_user_changes", "user_id", "change_seq", "id"),  # sync reads changes in order
+        Index("ix_tasks_user_deleted", "user_id", "deleted_at", "id"),  # the trash, newest first
         {"sqlite_autoincrement": True},  # never reuse a deleted task's id
     )
 
@@ -347,6 +368,8 @@ class Task(db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     version: Mapped[int] = mapped_column(Integer)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime)  # set while the task is in the trash
+    change_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # its owner's change that wrote it last
     # Lower-cased in Python so that sorting and search agree on SQLite and PostgreSQL.
     title_key: Mapped[str] = mapped_column(String(200).with_variant(String(200, collation="C"), "postgresql"))
     # The column keeps its first name (renaming it would make SQLite copy the table).
@@ -419,60 +442,155 @@ class TaskTag(db.Model):
     user_id: Mapped[int] = mapped_column(Id)
 
 
-task_tags, users_table = TaskTag.__table__, User.__table__
+class TaskTombstone(db.Model):
+    """A task deleted for good, as incremental sync reports it until SYNC_RETENTION_DAYS pass."""
+
+    __tablename__ = "task_tombstones"
+    __table_args__ = (Index("ix_task_tombstones_user_changes", "user_id", "change_seq", "task_id"),)
+
+    task_id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)  # task ids are never reused
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    change_seq: Mapped[int] = mapped_column(BigInteger)
+    deleted_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class IdempotencyKey(db.Model):
+    """The first 2xx answer to a request sent with an Idempotency-Key, replayed to its retries."""
+
+    __tablename__ = "idempotency_keys"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))  # method, path and body
+    status: Mapped[int] = mapped_column(SmallInteger)
+    body: Mapped[str] = mapped_column(Text)
+    location: Mapped[str | None] = mapped_column(String(255))
+    etag: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+# --- What a task's writes imply: its owner's change number and counter, its tag rows, tombstones ---
+#
+# Every path that writes tasks goes through these functions: the ORM's flushes (follow_task_writes
+# and number_task_writes below), insert_task, and delete_for_good.
+
+task_tags, users_table, tombstones_table = TaskTag.__table__, User.__table__, TaskTombstone.__table__
 # With RETURNING, SQLAlchemy sends many rows as one multi-row INSERT ("insertmanyvalues", 1,000
 # rows per statement) on both databases, from one compiled and cached statement.
 INSERT_TAG_ROWS = insert(task_tags).returning(task_tags.c.tag)
 INSERT_TASK = insert(Task.__table__).returning(Task.__table__.c.id)
-COUNT_TASKS = (
-    update(users_table).where(users_table.c.id == bindparam("owner")).values(task_count=users_table.c.task_count + bindparam("change"))
+NEXT_CHANGE = (
+    update(users_table)
+    .where(users_table.c.id == bindparam("owner"))
+    .values(change_seq=users_table.c.change_seq + 1, task_count=users_table.c.task_count + bindparam("live"))
+    .returning(users_table.c.change_seq)
 )
 
 
-def keep_tag_rows_and_counts(connection, created=(), retagged=(), deleted=()):
-    """The one place that writes what a task's writes imply: the tag rows of created tasks and
-    of tasks whose tags changed (`retagged`: (task, tags before) pairs), and the owners' task
-    counters for created and deleted tasks (a deleted task's tag rows go with it: ON DELETE
-    CASCADE). At most one statement per kind of change, and one per retagged task."""
-    counts, added = Counter(), []
+def next_change(connection, user_id, live=0):
+    """Number a transaction's change to a user's tasks, and move their live-task counter by `live`.
+
+    The UPDATE takes the user's row lock (SQLite: the database's write lock) until the commit,
+    so the next change of this user gets a higher number and commits after this one: the user's
+    change numbers are in commit order, which is what lets a sync cursor be a number. Called
+    before the tasks are written, so that each row carries its number."""
+    return connection.execute(NEXT_CHANGE, {"owner": user_id, "live": live}).scalar_one()
+
+
+def keep_tag_rows(connection, created=(), retagged=()):
+    """The tag rows of created tasks and of tasks whose tags changed (`retagged`: (task, tags
+    before) pairs); a deleted task's rows go with it (ON DELETE CASCADE). One INSERT for all the
+    added rows, and one DELETE per retagged task that lost tags."""
+    added = []
     for task in created:
-        counts[task.user_id] += 1
         added += [{"task_id": task.id, "user_id": task.user_id, "tag": tag} for tag in task.tags]
     for task, before in retagged:
         added += [{"task_id": task.id, "user_id": task.user_id, "tag": tag} for tag in sorted(set(task.tags) - set(before))]
         if gone := sorted(set(before) - set(task.tags)):
             connection.execute(delete(task_tags).where(task_tags.c.task_id == task.id, task_tags.c.tag.in_(gone)))
-    for task in deleted:
-        counts[task.user_id] -= 1
     if added:
         connection.execute(INSERT_TAG_ROWS, added)
-    for user_id, change in counts.items():
-        if change:
-            connection.execute(COUNT_TASKS, {"owner": user_id, "change": change})
+
+
+def is_live(deleted_at):
+    return deleted_at is None
+
+
+@event.listens_for(Session, "before_flush")
+def number_task_writes(session, _flush_context, _instances):
+    """Before the ORM writes tasks: one change number per owner (moving the counter by the tasks
+    created, trashed, restored or deleted), carried by every written task; a tombstone for each
+    task deleted for good."""
+    written, deleted, live = defaultdict(list), defaultdict(list), Counter()
+    for task in (obj for obj in session.new if isinstance(obj, Task)):
+        written[task.user_id].append(task)
+        live[task.user_id] += is_live(task.deleted_at)
+    for task in (obj for obj in session.dirty if isinstance(obj, Task) and session.is_modified(obj)):
+        written[task.user_id].append(task)
+        if history := inspect(task).attrs.deleted_at.history.deleted:
+            live[task.user_id] += is_live(task.deleted_at) - is_live(history[0])
+    for task in (obj for obj in session.deleted if isinstance(obj, Task)):
+        deleted[task.user_id].append(task)
+        live[task.user_id] -= is_live(task.deleted_at)
+    connection = session.connection() if written or deleted else None
+    for user_id in written.keys() | deleted.keys():
+        change = next_change(connection, user_id, live[user_id])
+        for task in written[user_id]:
+            task.change_seq = change
+        if deleted[user_id]:
+            rows = [{"task_id": task.id, "user_id": user_id, "change_seq": change, "deleted_at": utcnow()} for task in deleted[user_id]]
+            connection.execute(insert(tombstones_table), rows)
 
 
 @event.listens_for(Session, "after_flush")
 def follow_task_writes(session, _flush_context):
-    """Every task the ORM writes (updates, deletions, the seeder's inserts) gets its tag rows and
-    counters in the flush's own transaction."""
+    """After the ORM wrote tasks (new ones now have ids): their tag rows, in the flush's transaction."""
     tasks = lambda objects: [obj for obj in objects if isinstance(obj, Task)]  # noqa: E731
     retagged = []
     for task in tasks(session.dirty):
         history = inspect(task).attrs.tags.history
         if history.added or history.deleted:
             retagged.append((task, history.deleted[0] if history.deleted else ()))
-    keep_tag_rows_and_counts(session.connection(), tasks(session.new), retagged, tasks(session.deleted))
+    keep_tag_rows(session.connection(), tasks(session.new), retagged)
 
 
 def insert_task(user_id, fields):
     """Store a new task with Core statements, which cost a third of the ORM's unit of work: the
     row as the model builds it (defaults, derived fields; version 1 as the ORM would give it),
-    then keep_tag_rows_and_counts. Returns the task, with its id."""
-    task = Task(user_id=user_id, version=1, **fields)
+    numbered by next_change, then its tag rows. Returns the task, with its id."""
+    connection = db.session.connection()
+    task = Task(user_id=user_id, version=1, change_seq=next_change(connection, user_id, live=1), **fields)
     values = {attr.columns[0].key: getattr(task, attr.key) for attr in inspect(Task).column_attrs if attr.key != "id"}
-    task.id = db.session.connection().execute(INSERT_TASK, values).scalar_one()
-    keep_tag_rows_and_counts(db.session.connection(), created=[task])
+    task.id = connection.execute(INSERT_TASK, values).scalar_one()
+    keep_tag_rows(connection, created=[task])
     return task
+
+
+def delete_for_good(connection, where, change=None):
+    """Delete trashed tasks for good (those matching `where`; they are no longer counted), each
+    leaving a tombstone: numbered `change` (a user's change: deleted from the trash now), or,
+    when None, with the number and time of the change that trashed it (a purge past the
+    retention: clients saw it go then). Returns how many were deleted."""
+    gone = (
+        delete(Task.__table__)
+        .where(Task.deleted_at.is_not(None), *where)
+        .returning(Task.__table__.c.id, Task.__table__.c.user_id, Task.__table__.c.change_seq, Task.__table__.c.deleted_at)
+    )
+    rows, now = connection.execute(gone).all(), utcnow()
+    if rows:
+        connection.execute(
+            insert(tombstones_table),
+            [
+                {
+                    "task_id": row.id,
+                    "user_id": row.user_id,
+                    "change_seq": change or row.change_seq,
+                    "deleted_at": row.deleted_at if change is None else now,
+                }
+                for row in rows
+            ],
+        )
+    return len(rows)
 
 
 # --- Schemas ---
@@ -683,9 +801,42 @@ SORT_KEYS = ("created_at", "updated_at", "due_date", "priority", "title")
 SORTS = [*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)]
 
 
+def encode_cursor(values):
+    """An opaque cursor: a JSON list, base64url without padding."""
+    return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).rstrip(b"=").decode()
+
+
+class Cursor(fields.String):
+    """A cursor this service made: loads as its JSON list; anything else is invalid."""
+
+    default_error_messages = {"invalid": "Not a cursor this service made: use one from an earlier answer as it is."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            values = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), parse_int=int, parse_float=None)
+        except (ValueError, TypeError, RecursionError):
+            raise self.make_error("invalid") from None
+        if not isinstance(values, list) or len(text) > 1000:
+            raise self.make_error("invalid")
+        return values
+
+
+def is_count(value, top=MAX_ID):
+    """A JSON integer (not a boolean) from 0 to `top`."""
+    return type(value) is int and 0 <= value <= top
+
+
 class TaskQueryArgsSchema(StrictSchema):
-    page = QueryInteger(load_default=1, validate=validate.Range(1, 2_147_483_647), metadata={"description": "1-based page number."})
+    page = QueryInteger(validate=validate.Range(1, 2_147_483_647), metadata={"description": "1-based page number; default 1."})
     page_size = QueryInteger(load_default=20, validate=validate.Range(1, 100), metadata={"description": "Tasks per page."})
+    after = Cursor(
+        metadata={
+            "description": "Continue after the page whose X-Pagination gave this next_cursor, with the same filters and sort "
+            "(not with page). Unlike page numbers, deep pages cost no more and nothing is repeated or skipped when tasks "
+            "come and go meanwhile."
+        }
+    )
     completed = fields.Boolean(truthy={"true"}, falsy={"false"}, metadata={"description": "Only completed (true) or open (false) tasks."})
     priority = fields.String(validate=validate.OneOf(PRIORITIES), metadata={"description": "Only tasks of this priority."})
     tag = PlainText(trimmed=(1, 50), metadata={"description": "Only tasks carrying this tag (any case; 1-50 characters after trimming)."})
@@ -701,6 +852,43 @@ class TaskQueryArgsSchema(StrictSchema):
             "x-enum-varnames": [key.upper() for key in SORT_KEYS] + [f"{key.upper()}_DESC" for key in SORT_KEYS],
         },
     )
+
+    @ma.post_load
+    def read_after(self, data, **_kwargs):
+        """`after` becomes (sort value, id), once it proves to be for this sort and these filters."""
+        if "after" not in data:
+            return {"page": 1, **data}
+        if "page" in data:
+            raise ma.ValidationError("Give either after or page, not both.", "after")
+        values = data["after"]
+        if len(values) != 3 or not is_count(values[2]) or not isinstance(values[0], str):
+            raise ma.ValidationError(Cursor.default_error_messages["invalid"], "after")
+        if values[0] != listing_fingerprint(data):
+            raise ma.ValidationError("This cursor was made for another sort or other filters.", "after")
+        try:
+            value = sort_value_from_json(data["sort"].lstrip("-"), values[1])
+        except (TypeError, ValueError):
+            raise ma.ValidationError(Cursor.default_error_messages["invalid"], "after") from None
+        return {**data, "page": None, "after": (value, values[2])}
+
+
+class TrashQueryArgsSchema(StrictSchema):
+    page = QueryInteger(load_default=1, validate=validate.Range(1, 2_147_483_647), metadata={"description": "1-based page number."})
+    page_size = QueryInteger(load_default=20, validate=validate.Range(1, 100), metadata={"description": "Deleted tasks per page."})
+
+
+class SyncArgsSchema(StrictSchema):
+    cursor = Cursor(
+        metadata={"description": "The cursor of your last sync answer, as it is; leave it out to start with a full sync of every task."}
+    )
+    limit = QueryInteger(
+        load_default=100, validate=validate.Range(1, 1000), metadata={"description": "At most this many changes per answer."}
+    )
+
+    @ma.validates("cursor")
+    def check_cursor(self, values, **_kwargs):
+        if len(values) != 4 or not all(is_count(value) for value in values):
+            raise ma.ValidationError(Cursor.default_error_messages["invalid"])
 
 
 class UserSchema(ma.Schema):
@@ -749,6 +937,40 @@ class TaskSchema(ma.Schema):
             "created_at": utc_iso(obj.created_at),
             "updated_at": utc_iso(obj.updated_at),
         }
+
+
+class DeletedTaskSchema(TaskSchema):
+    deleted_at = UTCDateTime(required=True, metadata={"description": "When it went to the trash."})
+
+    def dump(self, obj, *, many=None):
+        if self.many if many is None else many:
+            return [self.dump(task, many=False) for task in obj]
+        return {**super().dump(obj, many=False), "deleted_at": utc_iso(obj.deleted_at)}
+
+
+class TombstoneSchema(ma.Schema):
+    id = fields.Integer(required=True)
+    deleted = fields.Boolean(required=True, metadata={"enum": [True], "description": "Always true: drop your copy of this task."})
+
+
+class SyncPageSchema(ma.Schema):
+    changes = fields.List(
+        fields.Raw(),
+        required=True,
+        metadata={
+            "description": "In the order they were committed; a live task whole, a deleted one as a tombstone. Apply them in "
+            "order: replace by id, drop on deleted.",
+            "items": {"oneOf": [{"$ref": "#/components/schemas/Task"}, {"$ref": "#/components/schemas/Tombstone"}]},
+        },
+    )
+    cursor = fields.String(required=True, metadata={"description": "Send it with your next sync call, as it is."})
+    has_more = fields.Boolean(required=True, metadata={"description": "True: call again at once with the new cursor."})
+
+
+class ListPageMetadataSchema(PaginationMetadataSchema):
+    next_cursor = fields.String(
+        metadata={"description": "Present when more tasks follow this page: send it as after= to get the next page by keyset."}
+    )
 
 
 class HealthSchema(ma.Schema):
@@ -904,6 +1126,7 @@ ERROR_EXAMPLES = {
     404: error_body(404, "Task not found."),
     405: error_body(405, MESSAGES[405]),
     409: error_body(409, "This email is already registered."),
+    410: error_body(410, "This cursor is too old: sync again from the start, without a cursor."),
     412: error_body(412, MESSAGES[412]),
     413: error_body(413, MESSAGES[413]),
     415: error_body(415, MESSAGES[415]),
@@ -941,7 +1164,7 @@ IF_NONE_MATCH = optional_header("If-None-Match", "Optional: the ETag of the copy
 
 
 # Errors every operation of a blueprint (named by its tag) can answer.
-BLUEPRINT_ERRORS = {"auth": [503], "tasks": [401, 503], "phase2": [401, 403, 503]}
+BLUEPRINT_ERRORS = {"auth": [503], "tasks": [401, 503], "phase2": [401, 403, 503], "trash": [401, 503]}
 
 
 class ClientDocPlugin(BasePlugin):
@@ -1073,6 +1296,7 @@ SESSION_USER = (
         users_table.c.name,
         users_table.c.created_at,
         users_table.c.task_count,
+        users_table.c.change_seq,
         sessions_table.c.refresh_jti,
     )
     .join(sessions_table)
@@ -1286,6 +1510,8 @@ TASK_COLUMNS = [
     if column.name not in ("user_id", "title_key", "search_key")
 ]
 
+LIVE = Task.deleted_at.is_(None)  # not in the trash: every /api/tasks route sees only these
+
 # Filters as conditions on bound parameters of the same names, and how an argument binds.
 FILTER_CONDITIONS = {
     "completed": Task.completed == bindparam("completed"),
@@ -1302,35 +1528,99 @@ FILTER_VALUES = {
 }
 
 
+def keyset_condition(sort, after):
+    """The tasks that come after (value, id) in a listing's order, as an index range where the
+    order allows one. `after`: "value", or "null" for a last task without a due date."""
+    key, descending = sort.lstrip("-"), sort.startswith("-")
+    column, value, tie = SORT_COLUMNS[key], bindparam("after_value", type_=SORT_COLUMNS[key].type), bindparam("after_id", type_=Id)
+    beyond = operator.lt if descending else operator.gt
+    if key != "due_date":
+        return beyond(tuple_(column, Task.id), tuple_(value, tie))
+    if after == "null":  # tasks without a due date come last either way, in id order
+        return and_(Task.due_date.is_(None), beyond(Task.id, tie))
+    return or_(Task.due_date.is_(None), beyond(tuple_(Task.due_date, Task.id), tuple_(value, tie)))
+
+
 @functools.cache
-def listing_statements(filters, sort):
-    """The page and count statements for one shape of listing (which filters, which order),
-    built once per process: a request only binds its values."""
-    conditions = [Task.user_id == bindparam("user_id"), *(FILTER_CONDITIONS[name] for name in sorted(filters))]
+def listing_statements(filters, sort, after=None):
+    """The page and count statements for one shape of listing (which filters, which order, a
+    page by number or by keyset), built once per process: a request only binds its values."""
+    conditions = [Task.user_id == bindparam("user_id"), LIVE, *(FILTER_CONDITIONS[name] for name in sorted(filters))]
     key = sort.lstrip("-")
     column, tie = SORT_COLUMNS[key], Task.id
     order = [column.desc(), tie.desc()] if sort.startswith("-") else [column.asc(), tie.asc()]
     if key == "due_date":
         order.insert(0, Task.due_date.is_(None))  # no due date: last either way
-    page = select(*TASK_COLUMNS).where(*conditions).order_by(*order).limit(bindparam("size")).offset(bindparam("offset"))
+    page = select(*TASK_COLUMNS).where(*conditions).order_by(*order).limit(bindparam("size"))
+    if after is None:
+        page = page.offset(bindparam("offset"))
+    else:
+        page = page.where(keyset_condition(sort, after))
     return page, select(func.count()).select_from(tasks_table).where(*conditions)
 
 
+def listing_fingerprint(args):
+    """What a keyset cursor must be used with: the sort and the filters' values."""
+    shape = [
+        args["sort"],
+        *sorted((name, str(FILTER_VALUES.get(name, str)(args[name]))) for name in FILTER_CONDITIONS.keys() & args.keys()),
+    ]
+    return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:16]
+
+
+def sort_value(task, key):
+    """A task's value for a sort key, as a cursor holds it (JSON)."""
+    if key == "title":
+        return search_keys(task.title, "")["title_key"]
+    if key == "priority":
+        return task.priority_rank
+    value = getattr(task, key)
+    return None if value is None else value.isoformat()
+
+
+def sort_value_from_json(key, value):
+    """The inverse of sort_value; TypeError or ValueError when `value` cannot be one."""
+    if key == "title":
+        if not isinstance(value, str) or len(value) > 200:
+            raise TypeError(key)
+        return value
+    if key == "priority":
+        if not is_count(value, len(PRIORITIES) - 1):
+            raise TypeError(key)
+        return value
+    if value is None and key == "due_date":
+        return None
+    moment = datetime.fromisoformat(value)  # TypeError unless a string
+    if moment.tzinfo is not None:
+        raise ValueError(key)
+    return moment
+
+
 def select_tasks(user, args):
-    """One page of a user's tasks for validated query args, and the total: one SQL statement
-    for the page. The total is the user's task counter when nothing is filtered; else the page
-    tells it when it is short, else one more statement counts."""
+    """One page of a user's tasks for validated query args, the total, and whether more tasks
+    follow: one SQL statement for the page. The total is the user's task counter when nothing is
+    filtered; else a page by number tells it when it is short; else one more statement counts."""
     filters = FILTER_CONDITIONS.keys() & args.keys()
-    page_query, count_query = listing_statements(frozenset(filters), args["sort"])
+    after = args.get("after")
+    shape = None if after is None else "null" if after[0] is None else "value"
+    page_query, count_query = listing_statements(frozenset(filters), args["sort"], shape)
     params = {name: FILTER_VALUES.get(name, lambda value: value)(args[name]) for name in filters}
     params["user_id"] = user.id
-    size, offset = args["page_size"], (args["page"] - 1) * args["page_size"]
-    page = db.session.connection().execute(page_query, {**params, "size": size, "offset": offset}).all()
+    size = args["page_size"]
+    connection = db.session.connection()
+    if after is not None:
+        page = connection.execute(page_query, {**params, "size": size + 1, "after_value": after[0], "after_id": after[1]}).all()
+        total = user.task_count if not filters else connection.execute(count_query, params).scalar()
+        return page[:size], total, len(page) > size
+    offset = (args["page"] - 1) * size
+    page = connection.execute(page_query, {**params, "size": size, "offset": offset}).all()
     if not filters:
-        return page, user.task_count
-    if 0 < len(page) < size or (offset == 0 and not page):
-        return page, offset + len(page)
-    return page, db.session.connection().execute(count_query, params).scalar()
+        total = user.task_count
+    elif 0 < len(page) < size or (offset == 0 and not page):
+        total = offset + len(page)
+    else:
+        total = connection.execute(count_query, params).scalar()
+    return page, total, bool(page) and offset + len(page) < total
 
 
 def pagination_metadata(page, page_size, total):
@@ -1339,7 +1629,7 @@ def pagination_metadata(page, page_size, total):
     (`@blp.paginate` would parse page and page_size with a schema of its own, looser than the
     contract's: unknown keys ignored, non-ASCII digits accepted.)"""
     meta = {"total": total, "total_pages": -(-total // page_size)}
-    if total:
+    if total and page is not None:
         meta.update(first_page=1, last_page=meta["total_pages"])
         if page <= meta["last_page"]:
             meta["page"] = page
@@ -1354,23 +1644,34 @@ LINK_PAGES = {"first": "first_page", "prev": "previous_page", "next": "next_page
 QUERY_SAFE = "!$'()*,/:;?@"  # what werkzeug's url_for leaves unquoted in a query string
 
 
-def pagination_headers(args, total):
-    """flask-smorest's X-Pagination, and an RFC 8288 Link header that keeps the query's filters."""
+def pagination_headers(args, total, next_cursor=None):
+    """flask-smorest's X-Pagination (plus next_cursor when more tasks follow), and an RFC 8288
+    Link header that keeps the query's filters. A keyset page (after=) has only total,
+    total_pages and next_cursor, and links to the next page and the first."""
     meta = pagination_metadata(args["page"], args["page_size"], total)
+    if next_cursor is not None:
+        meta["next_cursor"] = next_cursor
     headers = {"X-Pagination": json.dumps(meta)}
     path, query = url_for(request.endpoint, **request.view_args), request.args.to_dict()
-    links = [
-        f'<{path}?{urlencode({**query, "page": meta[field]}, safe=QUERY_SAFE)}>; rel="{rel}"'
-        for rel, field in LINK_PAGES.items()
-        if field in meta
-    ]
+    link = lambda changes, rel: f'<{path}?{urlencode({**query, **changes}, safe=QUERY_SAFE)}>; rel="{rel}"'  # noqa: E731
+    if args["page"] is None:
+        query.pop("after")
+        links = [link({"after": next_cursor}, "next")] if next_cursor is not None else []
+        links.append(f'<{path}?{urlencode(query, safe=QUERY_SAFE)}>; rel="first"' if query else f'<{path}>; rel="first"')
+    else:
+        links = [link({"page": meta[field]}, rel) for rel, field in LINK_PAGES.items() if field in meta]
     if links:
         headers["Link"] = ", ".join(links)
     return headers
 
 
-OWN_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"))
-OWN_TASK_ROW = select(*TASK_COLUMNS).where(tasks_table.c.id == bindparam("task_id"), tasks_table.c.user_id == bindparam("user_id"))
+def listing_cursor(args, task):
+    """The next_cursor after `task`, the last of a page."""
+    return encode_cursor([listing_fingerprint(args), sort_value(task, args["sort"].lstrip("-")), task.id])
+
+
+OWN_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"), LIVE)
+OWN_TASK_ROW = select(*TASK_COLUMNS).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"), LIVE)
 
 
 def get_own_task_or_404(task_id):
@@ -1406,10 +1707,11 @@ LIST_HEADERS = {
     "X-Pagination": {
         "description": "flask-smorest's pagination metadata, as JSON; only total and total_pages when nothing matched.",
         "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PaginationMetadata"}}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ListPageMetadata"}}},
     },
     "Link": header_doc(
-        'RFC 8288 links to the first, prev, next and last pages, filters kept: </api/tasks?page=2>; rel="next", ...; none when nothing matched.',
+        'RFC 8288 links to the first, prev, next and last pages, filters kept: </api/tasks?page=2>; rel="next", ...; none when '
+        "nothing matched. On a page by after=: next (by after) and first.",
         always=False,
     ),
 }
@@ -1445,6 +1747,111 @@ class OwnTasksView(MethodView):
     decorators = [caller_owns_path, jwt_required()]  # the last one runs first
 
 
+# --- Write transactions and Idempotency-Key ---
+
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+IDEMPOTENCY_HEADER = optional_header(
+    "Idempotency-Key",
+    "Optional: 1-255 printable ASCII characters of your choice, new for each operation. A retry with the same key "
+    "within a day gets the first success's answer again (with Idempotent-Replayed: true) and changes nothing.",
+)
+REPLAYED_HEADER = {
+    "Idempotent-Replayed": header_doc(
+        "true: this is the stored answer to an earlier request with the same Idempotency-Key.", always=False, enum=["true"]
+    )
+}
+STORED_ANSWER = select(IdempotencyKey).where(IdempotencyKey.user_id == bindparam("user_id"), IdempotencyKey.key == bindparam("key"))
+
+
+def idempotency_key():
+    """The request's Idempotency-Key, checked; None when it has none."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        message = "Must be 1-255 printable ASCII characters (0x20-0x7E)."
+        abort(422, message=MESSAGES[422], errors={"headers": {"Idempotency-Key": [message]}})
+    return key
+
+
+def request_hash():
+    """What makes a request the same request: method, path and body (JSON compared as data)."""
+    body = request.get_data(cache=True)
+    try:
+        body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, RecursionError):
+        pass
+    return hashlib.sha256(f"{request.method} {request.path}\n".encode() + body).hexdigest()
+
+
+def stored_answer(key, fingerprint):
+    """The stored answer to an earlier request with this key, or None to serve this one.
+
+    On PostgreSQL a transaction-scoped advisory lock on (user, key) marks the request in flight
+    until its transaction ends, with the key stored or not: a second request then is a 409 at
+    once (on SQLite, writes take turns: it waits and is replayed). An answer older than
+    IDEMPOTENCY_TTL is dropped here, whether or not `flask purge` has run."""
+    connection = db.session.connection()
+    if connection.dialect.name == "postgresql":
+        lock = int.from_bytes(hashlib.blake2b(f"{current_user.id}:{key}".encode(), digest_size=8).digest(), "big", signed=True)
+        if not connection.execute(select(func.pg_try_advisory_xact_lock(lock))).scalar():
+            abort(409, message="A request with this Idempotency-Key is still being served; retry later.")
+    stored = db.session.scalar(STORED_ANSWER, {"user_id": current_user.id, "key": key})
+    if stored is not None and stored.created_at <= utcnow() - timedelta(seconds=current_app.config["IDEMPOTENCY_TTL"]):
+        db.session.delete(stored)
+        stored = None
+    if stored is not None and stored.request_hash != fingerprint:
+        message = "This Idempotency-Key was used for a different request; use a new key."
+        abort(422, message=message, errors={"headers": {"Idempotency-Key": [message]}})
+    return stored
+
+
+def replay(stored):
+    headers = {"Idempotent-Replayed": "true", "Location": stored.location, "ETag": stored.etag}
+    response = current_app.response_class(stored.body, status=stored.status, mimetype="application/json")
+    response.headers.extend({name: value for name, value in headers.items() if value is not None})
+    return response
+
+
+def transaction(idempotent=False):
+    """A write view's one transaction, committed when its answer is a success.
+
+    With `idempotent`, the view honours Idempotency-Key: a request with a key already answered
+    gets that answer again and runs nothing; a new one stores its 2xx answer with the key in the
+    same transaction as the write, so neither outlives the other."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            key = idempotency_key() if idempotent else None
+            if key is not None:
+                fingerprint = request_hash()
+                if (stored := stored_answer(key, fingerprint)) is not None:
+                    return replay(stored)
+            response = view(*args, **kwargs)
+            if 200 <= response.status_code < 300:
+                if key is not None:
+                    db.session.add(
+                        IdempotencyKey(
+                            user_id=current_user.id,
+                            key=key,
+                            request_hash=fingerprint,
+                            status=response.status_code,
+                            body=response.get_data(as_text=True),
+                            location=response.headers.get("Location"),
+                            etag=response.headers.get("ETag"),
+                            created_at=utcnow(),
+                        )
+                    )
+                db.session.commit()
+            return response
+
+        return wrapper
+
+    return decorator
+
+
+# --- Task routes ---
+
+
 @tasks.route("")
 class Tasks(OwnTasksView):
     @tasks.arguments(TaskQueryArgsSchema(), location="query")
@@ -1452,19 +1859,23 @@ class Tasks(OwnTasksView):
     @tasks.doc(operationId="listTasks")
     def get(self, args):
         """List your tasks: filter, search, sort and page"""
-        page, total = select_tasks(current_user, args)
-        return page, pagination_headers(args, total)
+        page, total, more = select_tasks(current_user, args)
+        return page, pagination_headers(args, total, listing_cursor(args, page[-1]) if more else None)
 
+    @transaction(idempotent=True)
     @tasks.arguments(TaskInSchema(), description="The new task; only title is required.", example=TASK_EXAMPLE)
-    @tasks.response(201, TaskSchema, headers=CREATED_HEADERS)
-    @tasks.errors(400, 413, 415)
-    @tasks.doc(operationId="createTask")
+    @tasks.response(201, TaskSchema, headers={**CREATED_HEADERS, **REPLAYED_HEADER})
+    @tasks.errors(400, 409, 413, 415)
+    @tasks.doc(operationId="createTask", parameters=[IDEMPOTENCY_HEADER])
     def post(self, data):
         """Create a task"""
-        task = insert_task(current_user.id, data)
-        db.session.commit()
-        task, headers = with_etag(task)
-        return task, {**headers, "Location": url_for("tasks.TaskById", task_id=task.id)}
+        return created(insert_task(current_user.id, data))
+
+
+def created(task):
+    """A task answer with its ETag and Location."""
+    task, headers = with_etag(task)
+    return task, {**headers, "Location": url_for("tasks.TaskById", task_id=task.id)}
 
 
 @tasks.route("/<int:task_id>")
@@ -1480,6 +1891,7 @@ class TaskById(OwnTasksView):
             return current_app.response_class(status=304, headers=with_etag(task)[1])
         return with_etag(task)
 
+    @transaction()
     @tasks.arguments(TaskInSchema(), description="Every writable field; only title is required.", example=TASK_EXAMPLE)
     @tasks.response(200, TaskSchema, headers=ETAG_HEADER)
     @tasks.errors(400, 404, 412, 413, 415)
@@ -1492,6 +1904,7 @@ class TaskById(OwnTasksView):
         """Replace a task"""
         return update_task(get_own_task_or_404(task_id), data)
 
+    @transaction()
     @tasks.arguments(
         TaskPatchSchema(), description="Only the fields to change; {} changes nothing.", example={"title": "Write the final report"}
     )
@@ -1502,22 +1915,23 @@ class TaskById(OwnTasksView):
         """Change some fields of a task"""
         return update_task(get_own_task_or_404(task_id), data)
 
+    @transaction()
     @tasks.response(204)
     @tasks.errors(404, 412)
-    @tasks.doc(operationId="deleteTask", parameters=[IF_MATCH])
+    @tasks.doc(operationId="deleteTask", parameters=[IF_MATCH], description="Moves the task to the trash (see /api/trash).")
     def delete(self, task_id):
-        """Delete a task"""
+        """Delete a task: move it to the trash"""
         task = get_own_task_or_404(task_id)
         check_if_match(task)
-        db.session.delete(task)
-        db.session.commit()
+        task.deleted_at = utcnow()
 
 
 @tasks.route("/<int:task_id>/complete")
 class TaskCompletion(OwnTasksView):
-    @tasks.response(200, TaskSchema, headers=ETAG_HEADER)
-    @tasks.errors(404, 412)
-    @tasks.doc(operationId="toggleTaskCompletion", parameters=[IF_MATCH])
+    @transaction(idempotent=True)
+    @tasks.response(200, TaskSchema, headers={**ETAG_HEADER, **REPLAYED_HEADER})
+    @tasks.errors(404, 409, 412)
+    @tasks.doc(operationId="toggleTaskCompletion", parameters=[IF_MATCH, IDEMPOTENCY_HEADER])
     def patch(self, task_id):
         """Toggle whether a task is completed"""
         task = get_own_task_or_404(task_id)
@@ -1525,11 +1939,174 @@ class TaskCompletion(OwnTasksView):
 
 
 def update_task(task, changes):
-    """Apply changes to a task unless If-Match says it moved on; commit only a real change."""
+    """Apply changes to a task unless If-Match says it moved on. A real change is written at
+    once, so the answer carries its new version; the view's transaction commits it."""
     check_if_match(task)
     if task.apply(changes):
-        db.session.commit()
+        db.session.flush()
     return with_etag(task)
+
+
+# --- Incremental sync ---
+
+
+def sync_statement():
+    """A user's changes after a position (change number, id), in that order: the tasks rows
+    written since (a trashed one is a tombstone) and the tombstones of tasks deleted for good,
+    at most `size`. One statement, so one snapshot of both tables (two could each miss a change
+    the other saw). During a full sync (`full`: the change number it started from) rows up to
+    that number are only the live tasks."""
+    beyond = lambda number, task_id: tuple_(number, task_id) > tuple_(bindparam("seq"), bindparam("after_id"))  # noqa: E731
+    rows = (
+        select(*TASK_COLUMNS)
+        .where(Task.user_id == bindparam("user_id"), beyond(Task.change_seq, Task.id), or_(LIVE, Task.change_seq > bindparam("full")))
+        .order_by(Task.change_seq, Task.id)
+        .limit(bindparam("size"))
+        .subquery()
+    )
+    tombstone = TaskTombstone.__table__.c
+    stand_in = {"id": tombstone.task_id, "change_seq": tombstone.change_seq, "deleted_at": tombstone.deleted_at}
+    gone = (
+        select(*(stand_in.get(column.key, cast(null(), column.type)).label(column.key) for column in TASK_COLUMNS))
+        .where(
+            tombstone.user_id == bindparam("user_id"),
+            beyond(tombstone.change_seq, tombstone.task_id),
+            tombstone.change_seq > bindparam("full"),
+        )
+        .order_by(tombstone.change_seq, tombstone.task_id)
+        .limit(bindparam("size"))
+        .subquery()
+    )
+    both = union_all(select(rows), select(gone)).subquery()
+    return select(both).order_by(both.c.change_seq, both.c.id).limit(bindparam("size"))
+
+
+SYNC_CHANGES = sync_statement()
+TASK_SCHEMA = TaskSchema()
+
+
+def sync_changes(user, cursor, limit):
+    """The changes after `cursor` ([change number, id, full sync's start or 0, issued at]), and
+    the next cursor. An answer that ends the changes (no has_more) moves the cursor to the
+    user's change number read with the token's session, before the changes were: every change
+    up to it had committed, so none is left behind."""
+    now = int(time.time())
+    if cursor is None:
+        seq, after_id, full = 0, 0, user.change_seq  # a full sync: every live task
+    else:
+        seq, after_id, full, issued = cursor
+        if issued < now - current_app.config["SYNC_RETENTION_DAYS"] * 86_400:
+            abort(410, message="This cursor is too old: sync again from the start, without a cursor.")
+        if not full and after_id == MAX_ID and seq >= user.change_seq:
+            return [], encode_cursor([seq, MAX_ID, 0, now]), False  # up to date: nothing to read
+    params = {"user_id": user.id, "seq": seq, "after_id": after_id, "full": full, "size": limit + 1}
+    rows = db.session.connection().execute(SYNC_CHANGES, params).all()
+    changes = [{"id": row.id, "deleted": True} if row.deleted_at else TASK_SCHEMA.dump(row) for row in rows[:limit]]
+    if len(rows) > limit:
+        return changes, encode_cursor([rows[limit - 1].change_seq, rows[limit - 1].id, full, now]), True
+    last = rows[-1].change_seq if rows else seq
+    return changes, encode_cursor([max(last, user.change_seq), MAX_ID, 0, now]), False
+
+
+@tasks.route("/changes")
+class TaskChanges(OwnTasksView):
+    @tasks.arguments(SyncArgsSchema(), location="query")
+    @tasks.response(200, SyncPageSchema)
+    @tasks.errors(410)
+    @tasks.doc(
+        operationId="syncTasks",
+        description="Without a cursor: every task you have (a full sync). With the cursor of your last answer: what changed "
+        "since, in commit order; a deleted task as {id, deleted: true}. Call again while has_more is true. Apply each answer "
+        "in order (replace by id, drop on deleted) and your copy equals your tasks: no change is ever skipped. A cursor older "
+        "than SYNC_RETENTION_DAYS answers 410: start again without one.",
+    )
+    def get(self, args):
+        """Sync: the tasks that changed since your last call"""
+        changes, cursor, has_more = sync_changes(current_user, args.get("cursor"), args["limit"])
+        return {"changes": changes, "cursor": cursor, "has_more": has_more}
+
+
+# --- The trash ---
+
+trash = Blueprint("trash", __name__, url_prefix="/api/trash", description="Deleted tasks: restore them, or delete them for good.")
+
+IN_TRASH = Task.deleted_at > bindparam("cutoff")  # within TRASH_RETENTION_DAYS: older is as good as purged
+TRASH_PAGE = (
+    select(*TASK_COLUMNS)
+    .where(Task.user_id == bindparam("user_id"), IN_TRASH)
+    .order_by(Task.deleted_at.desc(), Task.id.desc())
+    .limit(bindparam("size"))
+    .offset(bindparam("offset"))
+)
+TRASH_COUNT = select(func.count()).select_from(tasks_table).where(Task.user_id == bindparam("user_id"), IN_TRASH)
+TRASHED_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"), IN_TRASH)
+
+
+def trash_cutoff():
+    return utcnow() - timedelta(days=current_app.config["TRASH_RETENTION_DAYS"])
+
+
+TRASH_LIST_HEADERS = {
+    **LIST_HEADERS,
+    "X-Pagination": {
+        **LIST_HEADERS["X-Pagination"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PaginationMetadata"}}},
+    },
+}
+
+
+@trash.route("")
+class Trash(OwnTasksView):
+    @trash.arguments(TrashQueryArgsSchema(), location="query")
+    @trash.response(200, DeletedTaskSchema(many=True), headers=TRASH_LIST_HEADERS)
+    @trash.doc(operationId="listTrash", description="Most recently deleted first. Deleted tasks stay TRASH_RETENTION_DAYS (30 days).")
+    def get(self, args):
+        """List your deleted tasks"""
+        params = {"user_id": current_user.id, "cutoff": trash_cutoff()}
+        size = args["page_size"]
+        connection = db.session.connection()
+        page = connection.execute(TRASH_PAGE, {**params, "size": size, "offset": (args["page"] - 1) * size}).all()
+        return page, pagination_headers(args, connection.execute(TRASH_COUNT, params).scalar())
+
+    @transaction()
+    @trash.response(204)
+    @trash.doc(operationId="emptyTrash")
+    def delete(self):
+        """Empty your trash: its tasks are gone for good"""
+        connection = db.session.connection()
+        if not delete_for_good(connection, [Task.user_id == current_user.id], next_change(connection, current_user.id)):
+            db.session.rollback()  # nothing was there: no change to number
+
+
+@trash.route("/<int:task_id>")
+class TrashedTask(OwnTasksView):
+    @transaction()
+    @trash.response(204)
+    @trash.errors(404)
+    @trash.doc(operationId="deleteTrashedTask")
+    def delete(self, task_id):
+        """Delete a task in the trash for good"""
+        connection = db.session.connection()
+        where = [Task.id == task_id, Task.user_id == current_user.id, Task.deleted_at > trash_cutoff()]
+        if task_id > MAX_ID or not delete_for_good(connection, where, next_change(connection, current_user.id)):
+            abort(404, message="No such task in your trash.")
+
+
+@trash.route("/<int:task_id>/restore")
+class TaskRestore(OwnTasksView):
+    @transaction(idempotent=True)
+    @trash.response(200, TaskSchema, headers={**CREATED_HEADERS, **REPLAYED_HEADER})
+    @trash.errors(404, 409)
+    @trash.doc(operationId="restoreTask", parameters=[IDEMPOTENCY_HEADER], description="The task comes back with the same id and fields.")
+    def post(self, task_id):
+        """Restore a deleted task"""
+        params = {"task_id": task_id, "user_id": current_user.id, "cutoff": trash_cutoff()}
+        task = db.session.scalar(TRASHED_TASK, params) if task_id <= MAX_ID else None
+        if task is None:
+            abort(404, message="No such task in your trash.")
+        task.deleted_at, task.updated_at = None, utcnow()
+        db.session.flush()
+        return created(task)
 
 
 # Phase II frontends call the same views under the caller's user id.
@@ -1629,6 +2206,23 @@ def drop_everything(url):
         metadata.reflect(engine)
     metadata.drop_all(engine)
     engine.dispose()
+
+
+@click.command()
+@with_appcontext
+def purge():
+    """Delete what has outlived its retention: trashed tasks, tombstones, Idempotency-Key answers."""
+    config, now = current_app.config, utcnow()
+    connection = db.session.connection()
+    trashed = delete_for_good(connection, [Task.deleted_at <= now - timedelta(days=config["TRASH_RETENTION_DAYS"])])
+    # A tombstone outlives the cursors that may need it (SYNC_RETENTION_DAYS) by a day: a change's
+    # time is taken before its commit, a cursor's after.
+    tombstones_before = now - timedelta(days=config["SYNC_RETENTION_DAYS"] + 1)
+    tombstones = connection.execute(delete(tombstones_table).where(tombstones_table.c.deleted_at < tombstones_before)).rowcount
+    answers_before = now - timedelta(seconds=config["IDEMPOTENCY_TTL"])
+    answers = connection.execute(delete(IdempotencyKey.__table__).where(IdempotencyKey.created_at <= answers_before)).rowcount
+    db.session.commit()
+    click.echo(f"Purged {trashed} trashed tasks, {tombstones} tombstones and {answers} Idempotency-Key answers.")
 
 
 # --- Request ids and logs ---
@@ -1768,9 +2362,12 @@ def create_app(test_config=None, instance_path=None):
     limiter.init_app(app)
     api = Api(app, spec_kwargs={"extra_plugins": [ClientDocPlugin()]})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    api.spec.components.schema("ListPageMetadata", schema=ListPageMetadataSchema)
+    api.spec.components.schema("Tombstone", schema=TombstoneSchema)
+    app.cli.add_command(purge)
 
     # blueprints
-    for blueprint in (auth, tasks, phase2, service):
+    for blueprint in (auth, tasks, phase2, trash, service):
         api.register_blueprint(blueprint)
     app.add_url_rule("/docs/assets/<path:filename>", "docs_asset", docs_asset)
     if origins := [origin.strip() for origin in app.config["CORS_ORIGINS"].split(",") if origin.strip()]:

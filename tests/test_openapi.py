@@ -134,6 +134,7 @@ def test_only_statuses_the_service_answers_are_documented(spec):
         "403",
         "404",
         "409",
+        "410",
         "412",
         "413",
         "415",
@@ -153,8 +154,15 @@ def test_headers_sent_are_documented(spec):
     paths = spec["paths"]
     assert {"ETag", "Location", "X-Request-ID"} <= set(paths["/api/tasks"]["post"]["responses"]["201"]["headers"])
     listing = paths["/api/tasks"]["get"]["responses"]["200"]["headers"]
-    assert listing["X-Pagination"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PaginationMetadata"}
+    assert listing["X-Pagination"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ListPageMetadata"}
+    assert "next_cursor" in spec["components"]["schemas"]["ListPageMetadata"]["properties"]
     assert "Link" in listing
+    trash = paths["/api/trash"]["get"]["responses"]["200"]["headers"]
+    assert trash["X-Pagination"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PaginationMetadata"}
+    for path, method in (("/api/tasks", "post"), ("/api/tasks/{task_id}/complete", "patch"), ("/api/trash/{task_id}/restore", "post")):
+        success = next(response for code, response in paths[path][method]["responses"].items() if code.startswith("2"))
+        assert "Idempotent-Replayed" in success["headers"], path
+        assert "Idempotency-Key" in {parameter["name"] for parameter in paths[path][method]["parameters"]}, path
     got = paths["/api/tasks/{task_id}"]["get"]["responses"]
     assert "ETag" in got["200"]["headers"] and "ETag" in got["304"]["headers"]
     assert "Cache-Control" in paths["/api/auth/login"]["post"]["responses"]["200"]["headers"]

