@@ -6,7 +6,7 @@ import marshmallow as ma
 import pytest
 from sqlalchemy import select
 
-from todo_api import Task, TaskSchema, TaskTag, TaskTombstone, User, db, search_keys
+from todo_api import Task, TaskSchema, TaskTag, TaskTombstone, User, db
 
 TASK_KEYS = {"id", "title", "description", "completed", "completed_at", "priority", "due_date", "tags", "created_at", "updated_at"}
 
