@@ -517,3 +517,114 @@ def test_answers_gunicorn_gives_before_the_app_are_the_contracts_json(serve, req
     assert set(body) == {"code", "status", "message"} and body["code"] == status
     assert body["status"] == HTTPStatus(status).phrase
     assert "<" not in body["message"] and "'" not in body["message"]
+
+
+# --- clients that keep a copy ---
+
+
+def pull(base, headers, replica, cursor, limit):
+    """Sync until has_more is false, applying each answer to `replica`; returns the last cursor."""
+    while True:
+        query = f"?limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        status, _, answer = call("GET", f"{base}/api/tasks/changes{query}", headers=headers)
+        assert status == 200, answer
+        for change in answer["changes"]:
+            if change.get("deleted"):
+                replica.pop(change["id"], None)
+            else:
+                replica[change["id"]] = change
+        cursor = answer["cursor"]
+        if not answer["has_more"]:
+            return cursor
+
+
+def every_task(base, headers):
+    """The user's live tasks, read by keyset pages."""
+    tasks, query = {}, "?page_size=100"
+    while True:
+        status, response_headers, page = call("GET", f"{base}/api/tasks{query}", headers=headers)
+        assert status == 200
+        tasks.update((task["id"], task) for task in page)
+        meta = json.loads(response_headers["X-Pagination"])
+        if "next_cursor" not in meta:
+            return tasks
+        query = f"?page_size=100&after={meta['next_cursor']}"
+
+
+def test_a_syncing_client_ends_with_exactly_the_tasks_concurrent_writers_left(serve):
+    """Writers on two workers create, change, complete, trash, restore and delete for good, while
+    two clients sync (one from the start, one joining midway with a full sync), each in small
+    pages; once the writers stop, one more sync makes each copy equal the live tasks."""
+    seconds = float(os.environ.get("TEST_SYNC_SECONDS", 8))
+    base = serve(workers=2, RATELIMIT_ENABLED="false")
+    headers = bearer(signup(base, "syncing@example.com")["access_token"])
+    outcomes, lock, done = Counter(), threading.Lock(), threading.Event()
+    deadline = time.monotonic() + seconds
+
+    def writer(n):
+        steps = 0
+        while time.monotonic() < deadline:
+            steps += 1
+            status, _, task = call("POST", f"{base}/api/tasks", {"title": f"w{n}-{steps}", "tags": ["a"]}, headers)
+            results = [status]
+            if status == 201 and steps % 2:
+                path = f"{base}/api/tasks/{task['id']}"
+                results.append(call("PATCH", path, {"tags": ["b"], "priority": "high"}, headers)[0])
+                results.append(call("PATCH", f"{path}/complete", headers=headers)[0])
+            if status == 201 and steps % 3 == 0:
+                results.append(call("DELETE", f"{base}/api/tasks/{task['id']}", headers=headers)[0])
+                if steps % 2:
+                    results.append(call("POST", f"{base}/api/trash/{task['id']}/restore", headers=headers)[0])
+                elif steps % 4 == 0:
+                    results.append(call("DELETE", f"{base}/api/trash/{task['id']}", headers=headers)[0])
+            with lock:
+                outcomes.update(results)
+
+    copies = [{}, {}]
+    cursors = [None, None]
+
+    def syncer(index, start_after):
+        time.sleep(start_after)
+        while not done.is_set():
+            cursors[index] = pull(base, headers, copies[index], cursors[index], limit=7)
+
+    writers = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    syncers = [threading.Thread(target=syncer, args=(0, 0)), threading.Thread(target=syncer, args=(1, seconds / 2))]
+    for thread in writers + syncers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    done.set()
+    for thread in syncers:
+        thread.join()
+    assert set(outcomes) <= {200, 201, 204}, outcomes
+    assert outcomes[201] > 20 and outcomes[204] > 5, outcomes
+    live = every_task(base, headers)
+    for index in range(2):
+        cursors[index] = pull(base, headers, copies[index], cursors[index], limit=7)
+        assert copies[index] == live, f"copy {index}: {len(copies[index])} tasks, server: {len(live)}"
+    assert "Traceback" not in serve.servers[-1].log.read_text()
+
+
+def test_concurrent_retries_with_one_idempotency_key_create_one_task(serve):
+    """Eight copies of one keyed POST at once, over two workers: one task; every answer is that
+    task's 201 (the first, or its replay) or, on PostgreSQL while the first is in flight, a 409."""
+    base = serve(workers=2, RATELIMIT_ENABLED="false")
+    headers = {**bearer(signup(base, "retrying@example.com")["access_token"]), "Idempotency-Key": "one-task"}
+    start, answers = threading.Barrier(8), []
+
+    def send():
+        start.wait()
+        status, response_headers, body = call("POST", f"{base}/api/tasks", {"title": "once"}, headers)
+        answers.append((status, body["id"] if status == 201 else body["message"], response_headers.get("Idempotent-Replayed")))
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    created = {task_id for status, task_id, _ in answers if status == 201}
+    assert len(created) == 1, answers
+    assert {status for status, _, _ in answers} <= {201, 409}, answers
+    assert [replayed for status, _, replayed in answers if status == 201].count(None) == 1, answers  # one was served, the rest replayed
+    assert len(every_task(base, bearer(headers["Authorization"].split()[1]))) == 1
