@@ -955,12 +955,11 @@ class TombstoneSchema(ma.Schema):
 
 class SyncPageSchema(ma.Schema):
     changes = fields.List(
-        fields.Raw(),
+        fields.Raw(metadata={"oneOf": [{"$ref": "#/components/schemas/Task"}, {"$ref": "#/components/schemas/Tombstone"}]}),
         required=True,
         metadata={
             "description": "In the order they were committed; a live task whole, a deleted one as a tombstone. Apply them in "
-            "order: replace by id, drop on deleted.",
-            "items": {"oneOf": [{"$ref": "#/components/schemas/Task"}, {"$ref": "#/components/schemas/Tombstone"}]},
+            "order: replace by id, drop on deleted."
         },
     )
     cursor = fields.String(required=True, metadata={"description": "Send it with your next sync call, as it is."})
