@@ -811,6 +811,10 @@ class Cursor(fields.String):
 
     default_error_messages = {"invalid": "Not a cursor this service made: use one from an earlier answer as it is."}
 
+    def __init__(self, **kwargs):
+        kwargs["metadata"] = {"minLength": 1, "maxLength": 1000, "pattern": "^[A-Za-z0-9_-]+$", **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
+
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
         try:
@@ -1751,9 +1755,12 @@ class OwnTasksView(MethodView):
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 IDEMPOTENCY_HEADER = optional_header(
     "Idempotency-Key",
-    "Optional: 1-255 printable ASCII characters of your choice, new for each operation. A retry with the same key "
-    "within a day gets the first success's answer again (with Idempotent-Replayed: true) and changes nothing.",
+    "Optional: 1-255 printable ASCII characters of your choice, new for each operation (HTTP drops spaces around a "
+    "header value: they are not part of the key). A retry with the same key within IDEMPOTENCY_TTL (a day) gets the "
+    "first success's answer again (with Idempotent-Replayed: true) and changes nothing; the same key on another request "
+    "is a 422; while the first is still being served, a 409.",
 )
+IDEMPOTENCY_HEADER["schema"].update(minLength=1, maxLength=255, pattern="^[!-~]([ -~]{0,253}[!-~])?$")
 REPLAYED_HEADER = {
     "Idempotent-Replayed": header_doc(
         "true: this is the stored answer to an earlier request with the same Idempotency-Key.", always=False, enum=["true"]

@@ -84,12 +84,22 @@ def cpu_seconds(pids):
     return total / TICKS
 
 
-def request(method, url, body=None, headers=None):
+def request(method, url, body=None, headers=None, answer_headers=False):
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data, {"Content-Type": "application/json", **(headers or {})}, method=method)
     with urllib.request.urlopen(req, timeout=30) as response:
         raw = response.read()
-        return json.loads(raw) if raw else None
+        body = json.loads(raw) if raw else None
+        return (body, response.headers) if answer_headers else body
+
+
+def sync_to_the_end(base, headers, cursor=None):
+    """Follow GET /api/tasks/changes until has_more is false; the cursor it ends with."""
+    while True:
+        answer = request("GET", base + "/api/tasks/changes" + (f"?cursor={cursor}" if cursor else ""), None, headers)
+        cursor = answer["cursor"]
+        if not answer["has_more"]:
+            return cursor
 
 
 # --- load generators ---
@@ -259,22 +269,40 @@ def main():
                 )
             writer = request("POST", app.base + "/api/auth/signup", {"email": "writer@bench.example.com", "password": PASSWORD})
             writer_headers = {"Authorization": f"Bearer {writer['access_token']}"}
+            # A syncing user of its own: nothing else writes their tasks, so a cursor stays up to date.
+            syncer = request("POST", app.base + "/api/auth/signup", {"email": "syncer@bench.example.com", "password": PASSWORD})
+            syncer_headers = {"Authorization": f"Bearer {syncer['access_token']}"}
+            before_changes = sync_to_the_end(app.base, syncer_headers)
+            for n in range(100):
+                request("POST", app.base + "/api/tasks", {"title": f"Synced {n}", "tags": ["sync"]}, syncer_headers)
+            up_to_date = sync_to_the_end(app.base, syncer_headers, before_changes)
+            # The first keyed POST runs here; every one the load generator sends is its replay.
+            fresh_body = {"title": "Benchmark task", "tags": ["bench", "load"]}
+            keyed_headers = {**writer_headers, "Idempotency-Key": "bench-replayed-post"}
+            request("POST", app.base + "/api/tasks", fresh_body, keyed_headers)
 
             scenarios = [
                 ("floor: bare Flask JSON route", floor, "GET", "/", None, {}),
                 ("GET /api/tasks (page of 20 tagged)", app, "GET", "/api/tasks", None, small_headers),
-                ("POST /api/tasks (two tags)", app, "POST", "/api/tasks", {"title": "Benchmark task", "tags": ["bench", "load"]}, writer_headers),
+                ("POST /api/tasks (two tags)", app, "POST", "/api/tasks", fresh_body, writer_headers),
+                ("POST /api/tasks, replayed Idempotency-Key", app, "POST", "/api/tasks", fresh_body, keyed_headers),
                 ("GET /api/tasks/<id>", app, "GET", f"/api/tasks/{task['id']}", None, small_headers),
+                ("GET /api/tasks/changes, up-to-date cursor", app, "GET", f"/api/tasks/changes?cursor={up_to_date}", None, syncer_headers),
+                ("GET /api/tasks/changes, page of 100 changes", app, "GET", f"/api/tasks/changes?cursor={before_changes}&limit=100", None, syncer_headers),
                 ("PATCH /api/tasks/<id>/complete", app, "PATCH", f"/api/tasks/{task['id']}/complete", None, small_headers),
                 ("POST /api/auth/login (argon2id)", app, "POST", "/api/auth/login", {"email": "small@bench.example.com", "password": PASSWORD}, {}),
             ]  # fmt: skip
             if args.scale_tasks:
                 big = request("POST", app.base + "/api/auth/login", {"email": "big@bench.example.com", "password": PASSWORD})
                 big_headers = {"Authorization": f"Bearer {big['access_token']}"}
+                # The page before the deep one, by number, gives the next_cursor that reaches it by `after`.
+                _, answer = request("GET", f"{app.base}/api/tasks?page={args.deep_page - 1}", None, big_headers, answer_headers=True)
+                deep_cursor = json.loads(answer["X-Pagination"])["next_cursor"]
                 scenarios += [
                     ("scale: 100-task user, page 1", app, "GET", "/api/tasks", None, small_headers),
                     (f"scale: {args.big_user_tasks:,}-task user, page 1", app, "GET", "/api/tasks", None, big_headers),
                     (f"scale: {args.big_user_tasks:,}-task user, page {args.deep_page:,}", app, "GET", f"/api/tasks?page={args.deep_page}", None, big_headers),
+                    (f"scale: same page {args.deep_page:,} by after", app, "GET", f"/api/tasks?after={deep_cursor}", None, big_headers),
                 ]  # fmt: skip
 
             results = {name: [] for name, *_ in scenarios}
@@ -334,20 +362,24 @@ def main():
         )
 
     median = lambda name: statistics.median(ratios[name])  # noqa: E731
+    cpu = lambda name: statistics.median(r["cpu_ms"] for r in results[name])  # noqa: E731
     checks = [
         ("GET /api/tasks ≤ 6.0× floor (issue 11)", median("GET /api/tasks (page of 20 tagged)"), 6.0),
         ("POST /api/tasks ≤ 7.0× floor (issue 11)", median("POST /api/tasks (two tags)"), 7.0),
         ("GET /api/tasks/<id> ≤ 4.8× floor (issue 11)", median("GET /api/tasks/<id>"), 4.8),
         ("RSS per worker ≤ 64 MB", max(rss), 64.0),
-    ]
+        ("sync, up-to-date cursor ÷ GET /api/tasks/<id> ≤ 1.2 (issue 13)", cpu("GET /api/tasks/changes, up-to-date cursor") / cpu("GET /api/tasks/<id>"), 1.2),
+        ("replayed keyed POST ÷ fresh POST ≤ 1.0 (issue 13)", cpu("POST /api/tasks, replayed Idempotency-Key") / cpu("POST /api/tasks (two tags)"), 1.0),
+    ]  # fmt: skip
     if postgres:
-        checks = checks[3:]  # the SQLite bounds; on PostgreSQL the round trips are the measure
+        checks = checks[3:]  # the floor bounds are SQLite's; on PostgreSQL the round trips are the measure
     if args.scale_tasks:
         names = [name for name in results if name.startswith("scale:")]
-        small_page, big_page, big_last = (statistics.median(r["cpu_ms"] for r in results[name]) for name in names)
+        small_page, big_page, big_last, big_after = (cpu(name) for name in names)
         checks += [
             ("scale: big user's page 1 ≤ 2.5× 100-task user's page 1", big_page / small_page, 2.5),
             (f"scale: big user's page {args.deep_page:,} ÷ their page 1 (by page number)", big_last / big_page, float("inf")),
+            (f"scale: page {args.deep_page:,} by after ÷ their page 1 ≤ 1.3 (issue 13)", big_after / big_page, 1.3),
         ]
     print(f"\n{'target':64} {'median':>9}  verdict")
     for name, value, limit in checks:
