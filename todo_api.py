@@ -341,16 +341,22 @@ class UserSession(db.Model):
     expires_at: Mapped[datetime] = mapped_column(DateTime)
 
 
+# The listing indexes hold live tasks only (partial indexes): a listing's `deleted_at IS NULL`
+# is then the index's own condition, and rows it steps over (a page by number, a count) are
+# read from the index alone, never from the table.
+LIVE_ONLY = {"sqlite_where": text("deleted_at IS NULL"), "postgresql_where": text("deleted_at IS NULL")}
+
+
 class Task(db.Model):
     __tablename__ = "tasks"
     # One index per listing order, each led by user_id: a page is read in order from one
     # user's slice, never sorted in memory, never scanning other users' rows. (The due-date
     # ones are added after the class: they index an expression.)
     __table_args__ = (
-        Index("ix_tasks_user_created", "user_id", "created_at", "id"),
-        Index("ix_tasks_user_updated", "user_id", "updated_at", "id"),
-        Index("ix_tasks_user_priority", "user_id", "priority", "id"),
-        Index("ix_tasks_user_title", "user_id", "title_key", "id"),
+        Index("ix_tasks_user_created", "user_id", "created_at", "id", **LIVE_ONLY),
+        Index("ix_tasks_user_updated", "user_id", "updated_at", "id", **LIVE_ONLY),
+        Index("ix_tasks_user_priority", "user_id", "priority", "id", **LIVE_ONLY),
+        Index("ix_tasks_user_title", "user_id", "title_key", "id", **LIVE_ONLY),
         Index("ix_tasks_user_changes", "user_id", "change_seq", "id"),  # sync reads changes in order
         Index("ix_tasks_user_deleted", "user_id", "deleted_at", "id"),  # the trash, newest first
         {"sqlite_autoincrement": True},  # never reuse a deleted task's id
@@ -425,8 +431,8 @@ def search_keys(title, description):
 
 # Tasks without a due date sort last in both directions: the order is (due_date IS NULL),
 # due_date, id, which both databases read straight from these expression indexes.
-Index("ix_tasks_user_due", Task.user_id, Task.due_date.is_(None), Task.due_date, Task.id)
-Index("ix_tasks_user_due_desc", Task.user_id, Task.due_date.is_(None), Task.due_date.desc(), Task.id.desc())
+Index("ix_tasks_user_due", Task.user_id, Task.due_date.is_(None), Task.due_date, Task.id, **LIVE_ONLY)
+Index("ix_tasks_user_due_desc", Task.user_id, Task.due_date.is_(None), Task.due_date.desc(), Task.id.desc(), **LIVE_ONLY)
 
 
 class TaskTag(db.Model):

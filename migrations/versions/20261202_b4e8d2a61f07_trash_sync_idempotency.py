@@ -4,7 +4,9 @@ Tasks gain deleted_at (set while in the trash) and change_seq (the owner's chang
 task last); users gain change_seq (their latest change). Tombstones keep tasks deleted for good
 for sync; idempotency_keys keep the first answer to a request with an Idempotency-Key. Existing
 tasks are live, at change 0. Columns are added and dropped in place (ALTER TABLE): copying the
-tasks table would make SQLite drop the due-date expression indexes.
+tasks table would make SQLite drop the due-date expression indexes. The listing indexes are
+made again as partial indexes of live tasks (WHERE deleted_at IS NULL), so that rows a listing
+steps over are read from the index alone.
 
 Revision ID: b4e8d2a61f07
 Revises: 7c2e9a4d5f13
@@ -21,6 +23,21 @@ branch_labels = None
 depends_on = None
 
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+LISTING_INDEXES = {  # as migration e7dcfebc8909 made them
+    "ix_tasks_user_created": ["user_id", "created_at", "id"],
+    "ix_tasks_user_updated": ["user_id", "updated_at", "id"],
+    "ix_tasks_user_priority": ["user_id", "priority", "id"],
+    "ix_tasks_user_title": ["user_id", "title_key", "id"],
+    "ix_tasks_user_due": ["user_id", sa.text("(due_date IS NULL)"), "due_date", "id"],
+    "ix_tasks_user_due_desc": ["user_id", sa.text("(due_date IS NULL)"), sa.text("due_date DESC"), sa.text("id DESC")],
+}
+LIVE_ONLY = {"sqlite_where": sa.text("deleted_at IS NULL"), "postgresql_where": sa.text("deleted_at IS NULL")}
+
+
+def make_listing_indexes(**where):
+    for name, columns in LISTING_INDEXES.items():
+        op.drop_index(name, table_name="tasks")
+        op.create_index(name, "tasks", columns, **where)
 
 
 def upgrade():
@@ -29,6 +46,7 @@ def upgrade():
     op.add_column("tasks", sa.Column("change_seq", sa.BigInteger(), server_default="0", nullable=False))
     op.create_index("ix_tasks_user_changes", "tasks", ["user_id", "change_seq", "id"])
     op.create_index("ix_tasks_user_deleted", "tasks", ["user_id", "deleted_at", "id"])
+    make_listing_indexes(**LIVE_ONLY)
     op.create_table(
         "task_tombstones",
         sa.Column("task_id", Id, autoincrement=False, nullable=False),
@@ -59,6 +77,7 @@ def upgrade():
 def downgrade():
     # Tasks in the trash were deleted: downgraded, they are gone, as a delete was before.
     op.execute("DELETE FROM tasks WHERE deleted_at IS NOT NULL")
+    make_listing_indexes()
     op.drop_table("idempotency_keys")
     op.drop_table("task_tombstones")
     op.drop_index("ix_tasks_user_deleted", "tasks")
