@@ -67,18 +67,24 @@ def test_the_walk_through_runs_twice_as_written_and_each_request_is_logged_once(
         assert result.stderr == ""
         runs.append(result.stdout)
     statuses = [re.findall(r"^(?:HTTP/1\.1|status) (\d{3})", output, re.M) for output in runs]
-    # signup, login, create, list, 304, If-Match 200, stale If-Match 412, complete, delete,
+    # signup, login, create, list, 304, If-Match 200, stale If-Match 412, complete, delete, trash,
+    # restore, keyed create and its replay, full sync, sync with its cursor, keyset page,
     # refresh, me, logout, me after logout
-    expected = ["201", "200", "201", "200", "304", "200", "412", "200", "204", "200", "200", "204", "401"]
+    expected = ["201", "200", "201", "200", "304", "200", "412", "200", "204", "200", "200", "201", "201", "200", "200", "200"]
+    expected += ["200", "200", "204", "401"]
     assert statuses[0] == expected
     assert statuses[1] == ["409", *expected[1:]]  # the account exists the second time
     for output in runs:
         assert re.search(r"^Location: /api/tasks/\d+\r?$", output, re.M | re.I)
         assert re.search(r"^ETag: \S+", output, re.M | re.I)
         assert re.search(r"^X-Pagination: \{", output, re.M | re.I)
+        assert len(re.findall(r"^Idempotent-Replayed: true\r?$", output, re.M | re.I)) == 1  # the retry only
+        assert '{"changes":[],' in output.replace(" ", "")  # the sync with an up-to-date cursor
+        assert re.search(r'^X-Pagination: \{"total": \d+, "total_pages": \d+', output, re.M | re.I)
 
     # One line per request, the app's JSON one: the development server's own line is dropped.
-    # (The ETag lookup is one more request than the statuses above; /health polls come first.)
+    # (The ETag and next_cursor lookups are two more requests than the statuses above; /health
+    # polls come first.)
     lines = [line for line in log.read_text().splitlines() if "/api/" in line]
-    assert len(lines) == 2 * (len(expected) + 1)
+    assert len(lines) == 2 * (len(expected) + 2)
     assert all(json.loads(line)["message"] == "request" for line in lines)
