@@ -1797,23 +1797,30 @@ def request_hash():
 def stored_answer(key, fingerprint):
     """The stored answer to an earlier request with this key, or None to serve this one.
 
-    On PostgreSQL a transaction-scoped advisory lock on (user, key) marks the request in flight
-    until its transaction ends, with the key stored or not: a second request then is a 409 at
-    once (on SQLite, writes take turns: it waits and is replayed). An answer older than
-    IDEMPOTENCY_TTL is dropped here, whether or not `flask purge` has run."""
+    A stored answer is replayed at once (a 422 if it answered another request). Otherwise, on
+    PostgreSQL, a transaction-scoped advisory lock on (user, key) marks this request in flight
+    until its transaction ends, with the key stored or not: a second request meanwhile is a 409
+    (on SQLite, writes take turns: it waits and is replayed); once the lock is held the answer
+    is looked for again, in case the first committed in between. An answer older than
+    IDEMPOTENCY_TTL counts as none and is replaced, whether or not `flask purge` has run."""
+    stored = db.session.scalar(STORED_ANSWER, {"user_id": current_user.id, "key": key})
     connection = db.session.connection()
-    if connection.dialect.name == "postgresql":
+    if not is_fresh(stored) and connection.dialect.name == "postgresql":
         lock = int.from_bytes(hashlib.blake2b(f"{current_user.id}:{key}".encode(), digest_size=8).digest(), "big", signed=True)
         if not connection.execute(select(func.pg_try_advisory_xact_lock(lock))).scalar():
             abort(409, message="A request with this Idempotency-Key is still being served; retry later.")
-    stored = db.session.scalar(STORED_ANSWER, {"user_id": current_user.id, "key": key})
-    if stored is not None and stored.created_at <= utcnow() - timedelta(seconds=current_app.config["IDEMPOTENCY_TTL"]):
-        db.session.delete(stored)
-        stored = None
+        stored = db.session.scalar(STORED_ANSWER.execution_options(populate_existing=True), {"user_id": current_user.id, "key": key})
+    if stored is not None and not is_fresh(stored):
+        db.session.delete(stored)  # the new answer takes its place in the same flush
+        return None
     if stored is not None and stored.request_hash != fingerprint:
         message = "This Idempotency-Key was used for a different request; use a new key."
         abort(422, message=message, errors={"headers": {"Idempotency-Key": [message]}})
     return stored
+
+
+def is_fresh(stored):
+    return stored is not None and stored.created_at > utcnow() - timedelta(seconds=current_app.config["IDEMPOTENCY_TTL"])
 
 
 def replay(stored):

@@ -182,3 +182,20 @@ def test_a_key_whose_request_is_in_flight_is_a_409(app, client, auth_headers):
     other.dispose()
     assert client.post("/api/tasks", json={"title": "a"}, headers=keyed(auth_headers, "busy")).status_code == 201
     assert count_tasks(app) == 1
+
+
+@pytest.mark.skipif(not POSTGRES, reason="the in-flight lock is PostgreSQL's (see above)")
+def test_a_replay_takes_no_lock_so_concurrent_replays_all_get_the_answer(app, client, auth_headers):
+    first = client.post("/api/tasks", json={"title": "a"}, headers=keyed(auth_headers, "done"))
+    assert first.status_code == 201
+    user_id = client.get("/api/auth/me", headers=auth_headers).json["id"]
+    lock = int.from_bytes(hashlib.blake2b(f"{user_id}:done".encode(), digest_size=8).digest(), "big", signed=True)
+    other = create_engine(database_uri(os.environ["TEST_DATABASE_URL"]))
+    with other.connect() as connection:  # another replay of it, being served
+        assert connection.execute(text("SELECT pg_try_advisory_xact_lock(:lock)"), {"lock": lock}).scalar()
+        replayed = client.post("/api/tasks", json={"title": "a"}, headers=keyed(auth_headers, "done"))
+        assert replayed.status_code == 201 and replayed.headers["Idempotent-Replayed"] == "true"
+        assert replayed.json == first.json
+        connection.rollback()
+    other.dispose()
+    assert count_tasks(app) == 1
