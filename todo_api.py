@@ -40,6 +40,8 @@ import marshmallow as ma
 from apispec import BasePlugin
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from dateutil import rrule as rrule_module
+from dateutil.relativedelta import relativedelta
 from flask import Flask, current_app, g, has_request_context, jsonify, request, send_from_directory, url_for
 from flask.cli import with_appcontext
 from flask.views import MethodView
@@ -78,6 +80,7 @@ from sqlalchemy import (
     delete,
     event,
     exists,
+    false,
     func,
     insert,
     inspect,
@@ -375,6 +378,8 @@ class Task(db.Model):
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     version: Mapped[int] = mapped_column(Integer)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime)  # set while the task is in the trash
+    recurrence: Mapped[str | None] = mapped_column(String(500))  # an RFC 5545 RRULE value, as sent
+    recurred: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # it made its next occurrence
     change_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # its owner's change that wrote it last
     # Lower-cased in Python so that sorting and search agree on SQLite and PostgreSQL.
     title_key: Mapped[str] = mapped_column(String(200).with_variant(String(200, collation="C"), "postgresql"))
@@ -386,7 +391,7 @@ class Task(db.Model):
 
     def __init__(self, **fields):
         now = utcnow()  # one instant: a new task's updated_at equals its created_at
-        super().__init__(**{"created_at": now, "updated_at": now, **fields})
+        super().__init__(**{"created_at": now, "updated_at": now, "recurred": False, **fields})
 
     @property
     def priority(self):
@@ -472,6 +477,7 @@ class IdempotencyKey(db.Model):
     body: Mapped[str] = mapped_column(Text)
     location: Mapped[str | None] = mapped_column(String(255))
     etag: Mapped[str | None] = mapped_column(String(100))
+    link: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
@@ -597,6 +603,180 @@ def delete_for_good(connection, where, change=None):
             ],
         )
     return len(rows)
+
+
+# --- Recurring tasks: RFC 5545 rules, as far as the contract goes ---
+#
+# The rule is checked here against the parts the contract supports (dateutil's own parser
+# accepts more and raises on other things), then handed to dateutil's rrule to compute dates.
+
+FREQUENCIES = {"DAILY": rrule_module.DAILY, "WEEKLY": rrule_module.WEEKLY, "MONTHLY": rrule_module.MONTHLY, "YEARLY": rrule_module.YEARLY}
+WEEKDAYS = dict(zip(("MO", "TU", "WE", "TH", "FR", "SA", "SU"), rrule_module.weekdays, strict=True))
+BYDAY_ITEM = re.compile(r"([+-]?[0-9]{1,2})?(MO|TU|WE|TH|FR|SA|SU)")
+INTEGER = re.compile(r"[+-]?[0-9]{1,4}")
+UNTIL_VALUE = re.compile(r"([0-9]{8})(T[0-9]{6}Z)?")
+# How far a rule's next date is looked for, in periods of its frequency. The Gregorian calendar
+# repeats itself every 400 years, which settles yearly rules, and at INTERVAL=1 every rule is
+# searched as a yearly one (search_rule). With a longer INTERVAL the search stops sooner, so
+# that a rule that never matches costs a request at most ~0.3 s: ~100 years of monthly steps,
+# 1000 weekly or daily steps.
+SEARCH_PERIODS = {"YEARLY": 400, "MONTHLY": 1200, "WEEKLY": 1000, "DAILY": 1000}
+LONGEST_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+class RecurrenceError(ValueError):
+    """Why a recurrence rule is refused (the message names the part)."""
+
+
+def integers(name, text, low, high, negative=False):
+    values = []
+    for item in text.split(","):
+        if not INTEGER.fullmatch(item) or not (low <= abs(int(item)) <= high) or (int(item) < 0 and not negative):
+            span = f"{low} to {high}" + (f" or -{high} to -{low}" if negative else "")
+            raise RecurrenceError(f"{name} takes {span}{', comma-separated' if name.startswith('BY') else ''}.")
+        values.append(int(item))
+    return values
+
+
+def parse_recurrence(text):
+    """The rule's parts, as rrule's keyword arguments (without dtstart), and its COUNT/UNTIL.
+
+    Raises RecurrenceError for anything the contract does not support."""
+    parts = {}
+    for part in text.split(";"):
+        name, equals, value = part.partition("=")
+        name = name.upper()
+        if not equals or not value:
+            raise RecurrenceError(f"Each part is NAME=VALUE, separated by semicolons; not {part!r}.")
+        if name not in ("FREQ", "INTERVAL", "BYDAY", "BYMONTHDAY", "BYMONTH", "COUNT", "UNTIL"):
+            raise RecurrenceError(f"{name} is not supported: use FREQ, INTERVAL, BYDAY, BYMONTHDAY, BYMONTH, COUNT or UNTIL.")
+        if name in parts:
+            raise RecurrenceError(f"{name} is given twice.")
+        parts[name] = value.upper()
+    if "FREQ" not in parts:
+        raise RecurrenceError("FREQ is required.")
+    freq = parts["FREQ"]
+    if freq not in FREQUENCIES:
+        raise RecurrenceError("FREQ is DAILY, WEEKLY, MONTHLY or YEARLY.")
+    if "COUNT" in parts and "UNTIL" in parts:
+        raise RecurrenceError("Give COUNT or UNTIL, not both.")
+    rule = {"freq": FREQUENCIES[freq], "interval": integers("INTERVAL", parts.get("INTERVAL", "1"), 1, 1000)[0]}
+    if "BYMONTH" in parts:
+        rule["bymonth"] = integers("BYMONTH", parts["BYMONTH"], 1, 12)
+    if "BYMONTHDAY" in parts:
+        if freq == "WEEKLY":
+            raise RecurrenceError("BYMONTHDAY cannot be used with FREQ=WEEKLY (RFC 5545).")
+        rule["bymonthday"] = integers("BYMONTHDAY", parts["BYMONTHDAY"], 1, 31, negative=True)
+        months = rule.get("bymonth", range(1, 13))
+        if not any(abs(day) <= LONGEST_MONTH[month - 1] for day in rule["bymonthday"] for month in months):
+            raise RecurrenceError("BYMONTHDAY and BYMONTH never meet: no such day in those months.")
+    if "BYDAY" in parts:
+        days = []
+        for item in parts["BYDAY"].split(","):
+            match = BYDAY_ITEM.fullmatch(item)
+            if not match:
+                raise RecurrenceError(
+                    "BYDAY takes MO, TU, WE, TH, FR, SA or SU, comma-separated (with an ordinal such as 2TU or -1FR for MONTHLY and YEARLY)."
+                )
+            ordinal, day = match.groups()
+            if ordinal is None:
+                days.append(WEEKDAYS[day])
+                continue
+            limit = {"MONTHLY": 5, "YEARLY": 53}.get(freq)
+            if limit is None:
+                raise RecurrenceError("An ordinal in BYDAY (such as 2TU) needs FREQ=MONTHLY or FREQ=YEARLY.")
+            if not 1 <= abs(int(ordinal)) <= limit:
+                raise RecurrenceError(f"A BYDAY ordinal is 1 to {limit} or -{limit} to -1 with FREQ={freq}.")
+            days.append(WEEKDAYS[day](int(ordinal)))
+        rule["byweekday"] = days
+    count = integers("COUNT", parts["COUNT"], 1, 1000)[0] if "COUNT" in parts else None
+    until = None
+    if "UNTIL" in parts:
+        match = UNTIL_VALUE.fullmatch(parts["UNTIL"])
+        try:
+            if not match:
+                raise ValueError
+            until = datetime.strptime(match.group(0), "%Y%m%dT%H%M%SZ" if match.group(2) else "%Y%m%d")
+        except ValueError:
+            raise RecurrenceError("UNTIL is a UTC date-time such as 20270101T000000Z, or a date such as 20270101.") from None
+        if not match.group(2):
+            until += timedelta(days=1, microseconds=-1)  # a date: up to the end of that day
+    return rule, count, until
+
+
+def search_rule(rule, start):
+    """A rule with the same dates that rrule walks faster. At INTERVAL=1 a daily, weekly or
+    monthly rule gives the dates of a yearly one that expands its parts within each month of the
+    year (BYDAY's ordinals too, BYMONTH being given): rrule then steps a year at a time, not a day."""
+    freq = rule["freq"]
+    if rule["interval"] != 1 or freq == rrule_module.YEARLY:
+        return rule
+    days, monthdays = rule.get("byweekday"), rule.get("bymonthday")
+    if freq == rrule_module.WEEKLY and days is None:
+        days = [rrule_module.weekdays[start.weekday()]]  # a weekly rule's day is its start's
+    if freq == rrule_module.MONTHLY and days is None and monthdays is None:
+        monthdays = [start.day]  # a monthly rule's day is its start's
+    if days is None and monthdays is None:
+        monthdays = list(range(1, 32))  # daily: every day of the months
+    yearly = {"freq": rrule_module.YEARLY, "interval": 1, "bymonth": rule.get("bymonth", list(range(1, 13)))}
+    return yearly | ({"byweekday": days} if days is not None else {}) | ({"bymonthday": monthdays} if monthdays is not None else {})
+
+
+def first_after(rule, due):
+    """The rule's first date strictly after `due`, the rule starting at `due` (UTC); None when
+    there is none within SEARCH_PERIODS."""
+    start = due.replace(microsecond=0)  # rrule works in whole seconds; the fraction is kept
+    if rule["freq"] == rrule_module.DAILY and rule["interval"] % 7 == 0 and "byweekday" in rule:
+        if rrule_module.weekdays[start.weekday()] not in rule["byweekday"]:
+            return None  # every 7th day is the start's weekday, which BYDAY leaves out
+    rule = search_rule(rule, start)
+    freq = next(name for name, value in FREQUENCIES.items() if value == rule["freq"])
+    periods = SEARCH_PERIODS[freq] * rule["interval"]
+    horizon = {
+        "YEARLY": lambda: start + relativedelta(years=periods),
+        "MONTHLY": lambda: start + relativedelta(months=periods),
+        "WEEKLY": lambda: start + timedelta(weeks=periods),
+        "DAILY": lambda: start + timedelta(days=periods),
+    }
+    try:
+        until = horizon[freq]()
+    except (OverflowError, ValueError):
+        until = datetime.max.replace(microsecond=0)
+    found = rrule_module.rrule(dtstart=start, until=until, **rule).after(start)
+    return None if found is None else found.replace(microsecond=due.microsecond)
+
+
+def check_recurrence(recurrence, due_date):
+    """The message for a recurrence that cannot stand with this due date, or None."""
+    if recurrence is None:
+        return None
+    if due_date is None:
+        return "A recurring task needs a due_date: its next occurrence is due a rule's step after it."
+    rule, _count, _until = parse_recurrence(recurrence)
+    if first_after(rule, due_date) is None:
+        return "This rule never produces a date after the task's due_date."
+    return None
+
+
+def next_occurrence(task):
+    """The fields of a recurring task's next occurrence, or None when its rule has ended."""
+    rule, count, until = parse_recurrence(task.recurrence)
+    due = first_after(rule, task.due_date)
+    if due is None or count == 1 or (until is not None and due > until):
+        return None
+    recurrence = task.recurrence
+    if count is not None:
+        recurrence = ";".join(
+            f"{part.partition('=')[0]}={count - 1}" if part.partition("=")[0].upper() == "COUNT" else part for part in recurrence.split(";")
+        )
+    return {
+        "title": task.title,
+        "description": task.description,
+        "priority": task.priority,
+        "tags": list(task.tags),
+        "due_date": due,
+        "recurrence": recurrence,
+    }
 
 
 # --- Schemas ---
@@ -762,7 +942,23 @@ class PasswordChangeSchema(StrictSchema):
 
 # What POST and PUT give the fields they are not sent. Applied on load, not declared as marshmallow
 # defaults: those would become OpenAPI defaults, which generated clients send or require.
-TASK_DEFAULTS = {"description": "", "completed": False, "priority": "medium", "due_date": None, "tags": ()}
+TASK_DEFAULTS = {"description": "", "completed": False, "priority": "medium", "due_date": None, "tags": (), "recurrence": None}
+RECURRENCE_EXAMPLE = "FREQ=WEEKLY;BYDAY=MO"
+
+
+class RecurrenceRule(fields.String):
+    """An RFC 5545 RRULE value within the parts the contract supports (see parse_recurrence)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_none=True, validate=validate.Length(1, 500), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            parse_recurrence(text)
+        except RecurrenceError as error:
+            raise ma.ValidationError(str(error)) from None
+        return text
 
 
 class TaskInSchema(StrictSchema):
@@ -784,6 +980,17 @@ class TaskInSchema(StrictSchema):
         allow_none=True, metadata={"description": "ISO 8601; without an offset it is UTC. Default on POST and PUT: null."}
     )
     tags = TagList()
+    recurrence = RecurrenceRule(
+        metadata={
+            "description": "An RFC 5545 recurrence rule without RRULE:, e.g. FREQ=WEEKLY;BYDAY=MO,WE, or null (the default "
+            "on POST and PUT): FREQ (DAILY, WEEKLY, MONTHLY, YEARLY) and, in any order, INTERVAL (1-1000), BYDAY (MO..SU; "
+            "with an ordinal such as 2TU or -1FR for MONTHLY and YEARLY), BYMONTHDAY (1 to 31, -31 to -1), BYMONTH (1-12), "
+            "and COUNT (1-1000) or UNTIL (20270101T000000Z or 20270101). Needs a due_date. Completing the task creates its "
+            "next occurrence, due at the rule's first date after this due_date.",
+            "example": RECURRENCE_EXAMPLE,
+            "pattern": "^[A-Za-z]+=[A-Za-z0-9,+-]+(;[A-Za-z]+=[A-Za-z0-9,+-]+)*$",
+        }
+    )
 
     @ma.post_load
     def fill_in_defaults(self, data, partial, **_kwargs):
@@ -927,6 +1134,9 @@ class TaskSchema(ma.Schema):
     tags = fields.List(fields.String(), required=True, metadata={"description": "Sorted."})
     created_at = UTCDateTime(required=True)
     updated_at = UTCDateTime(required=True, metadata={"description": "Moves on every change."})
+    recurrence = fields.String(
+        required=True, allow_none=True, metadata={"description": "Its RFC 5545 recurrence rule, or null.", "example": RECURRENCE_EXAMPLE}
+    )
 
     def dump(self, obj, *, many=None):
         """A task (a row or an ORM object: the database already gives every field its JSON type)
@@ -946,6 +1156,7 @@ class TaskSchema(ma.Schema):
             "tags": obj.tags,
             "created_at": utc_iso(obj.created_at),
             "updated_at": utc_iso(obj.updated_at),
+            "recurrence": obj.recurrence,
         }
 
 
@@ -1516,7 +1727,7 @@ tasks_table = Task.__table__
 TASK_COLUMNS = [
     column.label("priority_rank") if column.name == "priority" else column
     for column in tasks_table.c
-    if column.name not in ("user_id", "title_key", "search_key")
+    if column.name not in ("user_id", "title_key", "search_key", "recurred")
 ]
 
 LIVE = Task.deleted_at.is_(None)  # not in the trash: every /api/tasks route sees only these
@@ -1725,12 +1936,19 @@ LIST_HEADERS = {
     ),
 }
 CREATED_HEADERS = {**ETAG_HEADER, "Location": header_doc("The new task's URL: /api/tasks/<id>.")}
+NEXT_OCCURRENCE_HEADER = {
+    "Link": header_doc(
+        'When this answer completed a recurring task: its new next occurrence, </api/tasks/<id>>; rel="next-occurrence".',
+        always=False,
+    )
+}
 TASK_EXAMPLE = {
     "title": "Write the report",
     "description": "Two pages",
     "priority": "high",
     "due_date": "2026-12-01T09:00:00Z",
     "tags": ["work"],
+    "recurrence": RECURRENCE_EXAMPLE,
 }
 
 
@@ -1824,7 +2042,7 @@ def is_fresh(stored):
 
 
 def replay(stored):
-    headers = {"Idempotent-Replayed": "true", "Location": stored.location, "ETag": stored.etag}
+    headers = {"Idempotent-Replayed": "true", "Location": stored.location, "ETag": stored.etag, "Link": stored.link}
     response = current_app.response_class(stored.body, status=stored.status, mimetype="application/json")
     response.headers.extend({name: value for name, value in headers.items() if value is not None})
     return response
@@ -1857,6 +2075,7 @@ def transaction(idempotent=False):
                             body=response.get_data(as_text=True),
                             location=response.headers.get("Location"),
                             etag=response.headers.get("ETag"),
+                            link=response.headers.get("Link"),
                             created_at=utcnow(),
                         )
                     )
@@ -1888,6 +2107,7 @@ class Tasks(OwnTasksView):
     @tasks.doc(operationId="createTask", parameters=[IDEMPOTENCY_HEADER])
     def post(self, data):
         """Create a task"""
+        refuse_a_recurrence_without_dates(data["recurrence"], data["due_date"])
         return created(insert_task(current_user.id, data))
 
 
@@ -1912,7 +2132,7 @@ class TaskById(OwnTasksView):
 
     @transaction()
     @tasks.arguments(TaskInSchema(), description="Every writable field; only title is required.", example=TASK_EXAMPLE)
-    @tasks.response(200, TaskSchema, headers=ETAG_HEADER)
+    @tasks.response(200, TaskSchema, headers={**ETAG_HEADER, **NEXT_OCCURRENCE_HEADER})
     @tasks.errors(400, 404, 412, 413, 415)
     @tasks.doc(
         operationId="replaceTask",
@@ -1927,7 +2147,7 @@ class TaskById(OwnTasksView):
     @tasks.arguments(
         TaskPatchSchema(), description="Only the fields to change; {} changes nothing.", example={"title": "Write the final report"}
     )
-    @tasks.response(200, TaskSchema, headers=ETAG_HEADER)
+    @tasks.response(200, TaskSchema, headers={**ETAG_HEADER, **NEXT_OCCURRENCE_HEADER})
     @tasks.errors(400, 404, 412, 413, 415)
     @tasks.doc(operationId="updateTask", parameters=[IF_MATCH])
     def patch(self, data, task_id):
@@ -1948,7 +2168,7 @@ class TaskById(OwnTasksView):
 @tasks.route("/<int:task_id>/complete")
 class TaskCompletion(OwnTasksView):
     @transaction(idempotent=True)
-    @tasks.response(200, TaskSchema, headers={**ETAG_HEADER, **REPLAYED_HEADER})
+    @tasks.response(200, TaskSchema, headers={**ETAG_HEADER, **NEXT_OCCURRENCE_HEADER, **REPLAYED_HEADER})
     @tasks.errors(404, 409, 412)
     @tasks.doc(operationId="toggleTaskCompletion", parameters=[IF_MATCH, IDEMPOTENCY_HEADER])
     def patch(self, task_id):
@@ -1959,11 +2179,32 @@ class TaskCompletion(OwnTasksView):
 
 def update_task(task, changes):
     """Apply changes to a task unless If-Match says it moved on. A real change is written at
-    once, so the answer carries its new version; the view's transaction commits it."""
+    once, so the answer carries its new version; the view's transaction commits it.
+
+    Every path that completes a task comes here: a recurring task that becomes completed for
+    the first time makes its next occurrence (from its fields after `changes`), in the same
+    flush, and the answer links it."""
     check_if_match(task)
+    was_completed, successor = task.completed, None
     if task.apply(changes):
+        if changes.keys() & {"recurrence", "due_date"}:
+            refuse_a_recurrence_without_dates(task.recurrence, task.due_date)
+        if task.completed and not was_completed and task.recurrence and not task.recurred:
+            task.recurred = True  # once: completed again after a reopening, it makes none
+            if (fields := next_occurrence(task)) is not None:
+                successor = Task(user_id=task.user_id, **fields)
+                db.session.add(successor)
         db.session.flush()
-    return with_etag(task)
+    task, headers = with_etag(task)
+    if successor is not None:
+        headers["Link"] = f'<{url_for("tasks.TaskById", task_id=successor.id)}>; rel="next-occurrence"'
+    return task, headers
+
+
+def refuse_a_recurrence_without_dates(recurrence, due_date):
+    """A 422 naming recurrence when the rule cannot stand with this due date."""
+    if (message := check_recurrence(recurrence, due_date)) is not None:
+        abort(422, message="Validation failed.", errors={"json": {"recurrence": [message]}})
 
 
 # --- Incremental sync ---

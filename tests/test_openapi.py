@@ -94,14 +94,26 @@ def test_lengths_stand_beside_patterns(spec):
 
 def test_response_schemas_require_what_is_always_sent(spec):
     schemas = spec["components"]["schemas"]
-    task_fields = {"id", "title", "description", "completed", "completed_at", "priority", "due_date", "tags", "created_at", "updated_at"}
+    task_fields = {
+        "id",
+        "title",
+        "description",
+        "completed",
+        "completed_at",
+        "priority",
+        "due_date",
+        "tags",
+        "created_at",
+        "updated_at",
+        "recurrence",
+    }
     assert set(schemas["Task"]["required"]) == task_fields
     assert set(schemas["User"]["required"]) == {"id", "email", "name", "created_at"}
     assert set(schemas["TokenPair"]["required"]) == {"access_token", "refresh_token", "token_type", "expires_in", "user"}
     assert set(schemas["Health"]["required"]) == {"status", "database"}
     assert set(schemas["Error"]["required"]) == {"code", "status", "message"}
     nullable = {name for name, prop in schemas["Task"]["properties"].items() if prop.get("nullable")}
-    assert nullable == {"completed_at", "due_date"}
+    assert nullable == {"completed_at", "due_date", "recurrence"}
     # Nothing a client can write is read-only (priority once was).
     assert [name for name, prop in schemas["Task"]["properties"].items() if prop.get("readOnly")] == []
 

@@ -149,3 +149,16 @@ def test_a_write_that_changes_nothing_ends_its_transaction_in_the_request(app, c
         response = client.patch(f"/api/tasks/{task['id']}", json={"title": "same"}, headers=auth_headers)
     assert response.status_code == 200
     assert first_words(sent) == ["BEGIN", "SELECT", "SELECT", "COMMIT"], sent
+
+
+def test_completing_a_recurring_task_adds_its_successor_to_the_same_flush(app, client, auth_headers, make_task):
+    for _ in range(2):  # warm up
+        warm = make_task(due_date="2026-12-01T09:00:00Z", recurrence="FREQ=DAILY", tags=["w"])
+        assert client.patch(f"/api/tasks/{warm['id']}/complete", headers=auth_headers).status_code == 200
+    task = make_task(due_date="2026-12-01T09:00:00Z", recurrence="FREQ=DAILY", tags=["x", "y"])
+    with database_round_trips(app) as sent:
+        response = client.patch(f"/api/tasks/{task['id']}/complete", headers=auth_headers)
+    assert response.status_code == 200 and "next-occurrence" in response.headers["Link"]
+    # BEGIN, session, the task, one change number for both tasks (and the counter), the completed
+    # task's UPDATE, the successor's INSERT, its tag rows (one INSERT), COMMIT.
+    assert first_words(sent) == ["BEGIN", "SELECT", "SELECT", "UPDATE", "UPDATE", "INSERT", "INSERT", "COMMIT"], sent

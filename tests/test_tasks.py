@@ -8,7 +8,19 @@ from sqlalchemy import select
 
 from todo_api import Task, TaskSchema, TaskTag, TaskTombstone, User, db
 
-TASK_KEYS = {"id", "title", "description", "completed", "completed_at", "priority", "due_date", "tags", "created_at", "updated_at"}
+TASK_KEYS = {
+    "id",
+    "title",
+    "description",
+    "completed",
+    "completed_at",
+    "priority",
+    "due_date",
+    "tags",
+    "created_at",
+    "updated_at",
+    "recurrence",
+}
 
 
 def parse_time(value):
@@ -27,7 +39,7 @@ def test_create_applies_defaults(client, auth_headers):
     assert set(task) == TASK_KEYS
     assert task | {"id": 0, "created_at": "", "updated_at": ""} == {
         "id": 0, "title": "Buy milk", "description": "", "completed": False, "completed_at": None,
-        "priority": "medium", "due_date": None, "tags": [], "created_at": "", "updated_at": "",
+        "priority": "medium", "due_date": None, "tags": [], "created_at": "", "updated_at": "", "recurrence": None,
     }  # fmt: skip
     assert task["created_at"] == task["updated_at"]
     assert parse_time(task["created_at"]).utcoffset().total_seconds() == 0
