@@ -69,9 +69,9 @@ def test_the_walk_through_runs_twice_as_written_and_each_request_is_logged_once(
     statuses = [re.findall(r"^(?:HTTP/1\.1|status) (\d{3})", output, re.M) for output in runs]
     # signup, login, create, list, 304, If-Match 200, stale If-Match 412, complete, delete, trash,
     # restore, keyed create and its replay, full sync, sync with its cursor, keyset page,
-    # refresh, me, logout, me after logout
+    # recurring create and its completion, refresh, me, logout, me after logout
     expected = ["201", "200", "201", "200", "304", "200", "412", "200", "204", "200", "200", "201", "201", "200", "200", "200"]
-    expected += ["200", "200", "204", "401"]
+    expected += ["201", "200", "200", "200", "204", "401"]
     assert statuses[0] == expected
     assert statuses[1] == ["409", *expected[1:]]  # the account exists the second time
     for output in runs:
@@ -81,6 +81,7 @@ def test_the_walk_through_runs_twice_as_written_and_each_request_is_logged_once(
         assert len(re.findall(r"^Idempotent-Replayed: true\r?$", output, re.M | re.I)) == 1  # the retry only
         assert '{"changes":[],' in output.replace(" ", "")  # the sync with an up-to-date cursor
         assert re.search(r'^X-Pagination: \{"total": \d+, "total_pages": \d+', output, re.M | re.I)
+        assert re.search(r'^Link: </api/tasks/\d+>; rel="next-occurrence"\r?$', output, re.M | re.I)
 
     # One line per request, the app's JSON one: the development server's own line is dropped.
     # (The ETag and next_cursor lookups are two more requests than the statuses above; /health
