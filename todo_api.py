@@ -620,7 +620,13 @@ UNTIL_VALUE = re.compile(r"([0-9]{8})(T[0-9]{6}Z)?")
 # searched as a yearly one (search_rule). With a longer INTERVAL the search stops sooner, so
 # that a rule that never matches costs a request at most ~0.3 s: ~100 years of monthly steps,
 # 1000 weekly or daily steps.
-SEARCH_PERIODS = {"YEARLY": 400, "MONTHLY": 1200, "WEEKLY": 1000, "DAILY": 1000}
+SEARCH_PERIODS = {rrule_module.YEARLY: 400, rrule_module.MONTHLY: 1200, rrule_module.WEEKLY: 1000, rrule_module.DAILY: 1000}
+PERIOD = {
+    rrule_module.YEARLY: relativedelta(years=1),
+    rrule_module.MONTHLY: relativedelta(months=1),
+    rrule_module.WEEKLY: timedelta(weeks=1),
+    rrule_module.DAILY: timedelta(days=1),
+}
 LONGEST_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
@@ -730,16 +736,8 @@ def first_after(rule, due):
         if rrule_module.weekdays[start.weekday()] not in rule["byweekday"]:
             return None  # every 7th day is the start's weekday, which BYDAY leaves out
     rule = search_rule(rule, start)
-    freq = next(name for name, value in FREQUENCIES.items() if value == rule["freq"])
-    periods = SEARCH_PERIODS[freq] * rule["interval"]
-    horizon = {
-        "YEARLY": lambda: start + relativedelta(years=periods),
-        "MONTHLY": lambda: start + relativedelta(months=periods),
-        "WEEKLY": lambda: start + timedelta(weeks=periods),
-        "DAILY": lambda: start + timedelta(days=periods),
-    }
     try:
-        until = horizon[freq]()
+        until = start + PERIOD[rule["freq"]] * (SEARCH_PERIODS[rule["freq"]] * rule["interval"])
     except (OverflowError, ValueError):
         until = datetime.max.replace(microsecond=0)
     found = rrule_module.rrule(dtstart=start, until=until, **rule).after(start)
@@ -747,15 +745,14 @@ def first_after(rule, due):
 
 
 def check_recurrence(recurrence, due_date):
-    """The message for a recurrence that cannot stand with this due date, or None."""
-    if recurrence is None:
-        return None
-    if due_date is None:
-        return "A recurring task needs a due_date: its next occurrence is due a rule's step after it."
-    rule, _count, _until = parse_recurrence(recurrence)
-    if first_after(rule, due_date) is None:
-        return "This rule never produces a date after the task's due_date."
-    return None
+    """A 422 naming recurrence when the rule cannot stand with this due date."""
+    message = None
+    if recurrence is not None and due_date is None:
+        message = "A recurring task needs a due_date: its next occurrence is due a rule's step after it."
+    elif recurrence is not None and first_after(parse_recurrence(recurrence)[0], due_date) is None:
+        message = "This rule never produces a date after the task's due_date."
+    if message is not None:
+        abort(422, message="Validation failed.", errors={"json": {"recurrence": [message]}})
 
 
 def next_occurrence(task):
@@ -946,19 +943,12 @@ TASK_DEFAULTS = {"description": "", "completed": False, "priority": "medium", "d
 RECURRENCE_EXAMPLE = "FREQ=WEEKLY;BYDAY=MO"
 
 
-class RecurrenceRule(fields.String):
-    """An RFC 5545 RRULE value within the parts the contract supports (see parse_recurrence)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(allow_none=True, validate=validate.Length(1, 500), **kwargs)
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        text = super()._deserialize(value, attr, data, **kwargs)
-        try:
-            parse_recurrence(text)
-        except RecurrenceError as error:
-            raise ma.ValidationError(str(error)) from None
-        return text
+def supported_recurrence(text):
+    """A validator: an RFC 5545 RRULE value within the parts the contract supports."""
+    try:
+        parse_recurrence(text)
+    except RecurrenceError as error:
+        raise ma.ValidationError(str(error)) from None
 
 
 class TaskInSchema(StrictSchema):
@@ -980,7 +970,9 @@ class TaskInSchema(StrictSchema):
         allow_none=True, metadata={"description": "ISO 8601; without an offset it is UTC. Default on POST and PUT: null."}
     )
     tags = TagList()
-    recurrence = RecurrenceRule(
+    recurrence = fields.String(
+        allow_none=True,
+        validate=[validate.Length(1, 500), supported_recurrence],
         metadata={
             "description": "An RFC 5545 recurrence rule without RRULE:, e.g. FREQ=WEEKLY;BYDAY=MO,WE, or null (the default "
             "on POST and PUT): FREQ (DAILY, WEEKLY, MONTHLY, YEARLY) and, in any order, INTERVAL (1-1000), BYDAY (MO..SU; "
@@ -989,7 +981,7 @@ class TaskInSchema(StrictSchema):
             "next occurrence, due at the rule's first date after this due_date.",
             "example": RECURRENCE_EXAMPLE,
             "pattern": "^[A-Za-z]+=[A-Za-z0-9,+-]+(;[A-Za-z]+=[A-Za-z0-9,+-]+)*$",
-        }
+        },
     )
 
     @ma.post_load
@@ -1372,9 +1364,9 @@ NO_STORE_HEADER = {"Cache-Control": header_doc("no-store: the body holds tokens.
 ETAG_HEADER = {"ETag": header_doc("The task's current version; send it back in If-Match or If-None-Match.")}
 
 
-def optional_header(name, description):
+def optional_header(name, description, **schema):
     """A request header parameter that clients may leave out."""
-    return {"in": "header", "name": name, "required": False, "schema": {"type": "string"}, "description": description}
+    return {"in": "header", "name": name, "required": False, "schema": {"type": "string", **schema}, "description": description}
 
 
 IF_MATCH = optional_header(
@@ -1983,8 +1975,10 @@ IDEMPOTENCY_HEADER = optional_header(
     "header value: they are not part of the key). A retry with the same key within IDEMPOTENCY_TTL (a day) gets the "
     "first success's answer again (with Idempotent-Replayed: true) and changes nothing; the same key on another request "
     "is a 422; while the first is still being served, a 409.",
+    minLength=1,
+    maxLength=255,
+    pattern="^[!-~]([ -~]{0,253}[!-~])?$",
 )
-IDEMPOTENCY_HEADER["schema"].update(minLength=1, maxLength=255, pattern="^[!-~]([ -~]{0,253}[!-~])?$")
 REPLAYED_HEADER = {
     "Idempotent-Replayed": header_doc(
         "true: this is the stored answer to an earlier request with the same Idempotency-Key.", always=False, enum=["true"]
@@ -2107,7 +2101,7 @@ class Tasks(OwnTasksView):
     @tasks.doc(operationId="createTask", parameters=[IDEMPOTENCY_HEADER])
     def post(self, data):
         """Create a task"""
-        refuse_a_recurrence_without_dates(data["recurrence"], data["due_date"])
+        check_recurrence(data["recurrence"], data["due_date"])
         return created(insert_task(current_user.id, data))
 
 
@@ -2188,7 +2182,7 @@ def update_task(task, changes):
     was_completed, successor = task.completed, None
     if task.apply(changes):
         if changes.keys() & {"recurrence", "due_date"}:
-            refuse_a_recurrence_without_dates(task.recurrence, task.due_date)
+            check_recurrence(task.recurrence, task.due_date)
         if task.completed and not was_completed and task.recurrence and not task.recurred:
             task.recurred = True  # once: completed again after a reopening, it makes none
             if (fields := next_occurrence(task)) is not None:
@@ -2199,12 +2193,6 @@ def update_task(task, changes):
     if successor is not None:
         headers["Link"] = f'<{url_for("tasks.TaskById", task_id=successor.id)}>; rel="next-occurrence"'
     return task, headers
-
-
-def refuse_a_recurrence_without_dates(recurrence, due_date):
-    """A 422 naming recurrence when the rule cannot stand with this due date."""
-    if (message := check_recurrence(recurrence, due_date)) is not None:
-        abort(422, message="Validation failed.", errors={"json": {"recurrence": [message]}})
 
 
 # --- Incremental sync ---

@@ -8,6 +8,20 @@ from psycopg.pq import TransactionStatus
 from todo_api import db
 
 PASSWORD = "correct horse battery"
+# Every field of a task answer (the Task schema's required fields).
+TASK_KEYS = {
+    "id",
+    "title",
+    "description",
+    "completed",
+    "completed_at",
+    "priority",
+    "due_date",
+    "tags",
+    "created_at",
+    "updated_at",
+    "recurrence",
+}
 
 
 def bearer(token):

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from helpers import TASK_KEYS
+
 BIN = Path(sys.executable).parent
 METHODS = {"get", "put", "post", "patch", "delete"}
 
@@ -94,20 +96,7 @@ def test_lengths_stand_beside_patterns(spec):
 
 def test_response_schemas_require_what_is_always_sent(spec):
     schemas = spec["components"]["schemas"]
-    task_fields = {
-        "id",
-        "title",
-        "description",
-        "completed",
-        "completed_at",
-        "priority",
-        "due_date",
-        "tags",
-        "created_at",
-        "updated_at",
-        "recurrence",
-    }
-    assert set(schemas["Task"]["required"]) == task_fields
+    assert set(schemas["Task"]["required"]) == TASK_KEYS
     assert set(schemas["User"]["required"]) == {"id", "email", "name", "created_at"}
     assert set(schemas["TokenPair"]["required"]) == {"access_token", "refresh_token", "token_type", "expires_in", "user"}
     assert set(schemas["Health"]["required"]) == {"status", "database"}

@@ -6,21 +6,8 @@ import marshmallow as ma
 import pytest
 from sqlalchemy import select
 
+from helpers import TASK_KEYS
 from todo_api import Task, TaskSchema, TaskTag, TaskTombstone, User, db
-
-TASK_KEYS = {
-    "id",
-    "title",
-    "description",
-    "completed",
-    "completed_at",
-    "priority",
-    "due_date",
-    "tags",
-    "created_at",
-    "updated_at",
-    "recurrence",
-}
 
 
 def parse_time(value):
