@@ -505,8 +505,14 @@ def next_change(connection, user_id, live=0):
     The UPDATE takes the user's row lock (SQLite: the database's write lock) until the commit,
     so the next change of this user gets a higher number and commits after this one: the user's
     change numbers are in commit order, which is what lets a sync cursor be a number. Called
-    before the tasks are written, so that each row carries its number."""
-    return connection.execute(NEXT_CHANGE, {"owner": user_id, "live": live}).scalar_one()
+    before the tasks are written, so that each row carries its number.
+
+    No row: the account was deleted after this request's token was checked (the UPDATE waited
+    for that deletion to commit), and the token's user no longer exists: a 401."""
+    change = connection.execute(NEXT_CHANGE, {"owner": user_id, "live": live}).scalar()
+    if change is None:
+        abort_revoked()
+    return change
 
 
 def keep_tag_rows(connection, created=(), retagged=()):
@@ -1437,6 +1443,11 @@ def unauthorized(message, error="invalid_token"):
     return error_body(401, message), 401, bearer_challenge(error)
 
 
+def abort_revoked():
+    """The 401 of a token whose session or account went away after the token was checked."""
+    abort(401, message="Token has been revoked.", headers=bearer_challenge())
+
+
 def invalid_token_message(reason):
     """What is wrong with a token, for people: not PyJWT's parser internals."""
     if "signature" in reason.lower():
@@ -1552,6 +1563,15 @@ def issue_token_pair(user):
     return token_pair(user, session.id, session.refresh_jti, fresh=True)
 
 
+def own_account():
+    """The caller's User, to change, locked until the commit (so an account deletion running
+    meanwhile finishes first); a 401 when that deleted it."""
+    user = db.session.get(User, current_user.id, with_for_update=True)
+    if user is None:
+        abort_revoked()
+    return user
+
+
 def login_email_key():
     """The email a login is for, as the per-email limit counts it (read before validation)."""
     try:
@@ -1630,7 +1650,7 @@ def refresh():
     ).rowcount
     if rotated != 1:
         db.session.rollback()
-        abort(401, message="Token has been revoked.", headers=bearer_challenge())
+        abort_revoked()
     db.session.commit()
     body, headers = token_pair(current_user, claims["sid"], new_jti, fresh=False)
     return body, headers
@@ -1664,7 +1684,7 @@ class Me(MethodView):
     @auth.doc(operationId="updateAccount")
     def patch(self, data):
         """Change your name"""
-        user = db.session.get(User, current_user.id)
+        user = own_account()
         user.name = data["name"]
         db.session.commit()
         return user
@@ -1675,7 +1695,10 @@ class Me(MethodView):
     @auth.doc(operationId="deleteAccount", description="Needs a fresh access token: one from signup or login, not from refresh.")
     def delete(self):
         """Delete your account and all your tasks"""
-        db.session.execute(delete(User).where(User.id == current_user.id))  # sessions and tasks cascade
+        # The tasks before the account (its sessions, tombstones and keys cascade): a task write
+        # locks its task before the owner's row, and so does this, so neither waits on the other.
+        db.session.execute(delete(Task.__table__).where(Task.user_id == current_user.id))
+        db.session.execute(delete(User).where(User.id == current_user.id))
         db.session.commit()
 
 
@@ -1691,7 +1714,7 @@ class Me(MethodView):
 @auth.doc(operationId="changePassword", description="Every earlier token of this user is revoked; a new session starts.")
 def change_password(data):
     """Change your password"""
-    user = db.session.get(User, current_user.id)
+    user = own_account()
     if not user.verify_password(data["current_password"]):
         abort(403, message="The current password is wrong.")
     user.set_password(data["new_password"])
@@ -1882,12 +1905,18 @@ def listing_cursor(args, task):
     return encode_cursor([listing_fingerprint(args), sort_value(task, args["sort"].lstrip("-")), task.id])
 
 
-OWN_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"), LIVE)
+# FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already runs writes one at a time): a write
+# locks its task as it reads it, so a concurrent writer of the same task waits for this one to
+# commit and then works on the task as it left it. Without the lock, the later write would read
+# the earlier version and fail its version check. Locks are taken task first, then the owner's
+# row (next_change), by every path that locks both.
+OWN_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"), LIVE).with_for_update()
 OWN_TASK_ROW = select(*TASK_COLUMNS).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"), LIVE)
 
 
 def get_own_task_or_404(task_id):
-    """The caller's task, to change. Another user's task, or an id no database holds, is a 404."""
+    """The caller's task, to change, locked until the commit. Another user's task, or an id no
+    database holds, is a 404."""
     return found_or_404(db.session.scalar(OWN_TASK, {"task_id": task_id, "user_id": current_user.id}) if task_id <= MAX_ID else None)
 
 

@@ -1,13 +1,18 @@
 """Helpers shared by the test modules (fixtures live in conftest.py)."""
 
 import contextlib
+import os
 import sqlite3
+import threading
+import time
 
 from psycopg.pq import TransactionStatus
+from sqlalchemy import create_engine, text
 
-from todo_api import db
+from todo_api import database_uri, db
 
 PASSWORD = "correct horse battery"
+POSTGRES = os.environ.get("TEST_DATABASE_URL", "").startswith("postgres")  # the suite runs on PostgreSQL
 # Every field of a task answer (the Task schema's required fields).
 TASK_KEYS = {
     "id",
@@ -26,6 +31,41 @@ TASK_KEYS = {
 
 def bearer(token):
     return {"Authorization": f"Bearer {token}"}
+
+
+LOCK_WAITS = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+
+
+@contextlib.contextmanager
+def another_worker():
+    """A connection of its own to the PostgreSQL test database, as another worker's, inside a
+    transaction that the test commits."""
+    engine = create_engine(database_uri(os.environ["TEST_DATABASE_URL"]))
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def request_held_up(call):
+    """Start `call` (a request) in a thread and return once it waits on a lock someone else holds
+    on the PostgreSQL test database (or once it has answered); on leaving the block, wait for its
+    answer, which is appended to the list yielded."""
+    answers = []
+    thread = threading.Thread(target=lambda: answers.append(call()))
+    engine = create_engine(database_uri(os.environ["TEST_DATABASE_URL"]), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as watcher:
+            thread.start()
+            deadline = time.monotonic() + 30
+            while thread.is_alive() and not watcher.execute(LOCK_WAITS).scalar() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        yield answers
+    finally:
+        thread.join(timeout=30)
+        engine.dispose()
 
 
 @contextlib.contextmanager

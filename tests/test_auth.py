@@ -11,10 +11,10 @@ import pytest
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
 from flask_jwt_extended import create_access_token, decode_token
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 import todo_api
-from helpers import PASSWORD, bearer, recorded_selects
+from helpers import PASSWORD, POSTGRES, another_worker, bearer, recorded_selects, request_held_up
 from todo_api import Task, User, UserSession, db
 
 TOKEN_PAIR_KEYS = {"access_token", "refresh_token", "token_type", "expires_in", "user"}
@@ -294,6 +294,45 @@ def test_delete_account_removes_the_user_and_their_tasks(app, client, make_user,
     again = client.post("/api/auth/signup", json={"email": "gone@example.com", "password": PASSWORD})
     assert again.status_code == 201
     assert client.get("/api/tasks", headers=bearer(again.json["access_token"])).json == []
+
+
+@pytest.mark.skipif(not POSTGRES, reason="writers overlap only on a database server: SQLite runs writes one at a time")
+def test_deleting_an_account_while_one_of_its_tasks_is_written_waits_for_the_write(app, client, make_user):
+    """Both lock the task before the owner's row: the deletion waits for the write, and neither
+    is chosen as a deadlock's victim (PostgreSQL would fail one of them after a second)."""
+    user = make_user()
+    task = client.post("/api/tasks", json={"title": "a"}, headers=user["headers"]).json
+    with another_worker() as writer:
+        writing = writer.begin()  # another worker writes the task: the task's row first (as OWN_TASK)
+        writer.execute(select(Task.id).where(Task.id == task["id"]).with_for_update())
+        with request_held_up(lambda: client.delete("/api/auth/me", headers=user["headers"])) as answers:
+            change = todo_api.next_change(writer, user["user"]["id"])  # then its owner's row
+            writer.execute(update(Task).where(Task.id == task["id"]).values(title="b", change_seq=change))
+            writing.commit()
+    assert [answer.status_code for answer in answers] == [204], [answer.json for answer in answers]
+    assert_401(client.get("/api/auth/me", headers=user["headers"]))
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Task)) == 0
+
+
+@pytest.mark.skipif(not POSTGRES, reason="writers overlap only on a database server: SQLite runs writes one at a time")
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("POST", "/api/tasks", {"title": "a"}),
+        ("PATCH", "/api/auth/me", {"name": "b"}),
+        ("POST", "/api/auth/password", {"current_password": PASSWORD, "new_password": "another password"}),
+    ],
+)
+def test_a_write_whose_account_is_deleted_meanwhile_is_a_401(client, make_user, method, path, body):
+    user = make_user()
+    with another_worker() as other:
+        deleting = other.begin()  # DELETE /api/auth/me in another worker, after this request's token was checked
+        other.execute(delete(User).where(User.id == user["user"]["id"]))
+        with request_held_up(lambda: client.open(path, method=method, json=body, headers=user["headers"])) as answers:
+            deleting.commit()
+    assert [answer.status_code for answer in answers] == [401], [answer.json for answer in answers]
+    assert_401(answers[0])
 
 
 def test_delete_account_needs_a_fresh_token(client, make_user):

@@ -8,9 +8,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import create_engine, event, func, select, text, update
 
+from helpers import POSTGRES
 from todo_api import IdempotencyKey, Task, User, database_uri, db, utcnow
-
-POSTGRES = os.environ.get("TEST_DATABASE_URL", "").startswith("postgres")
 
 
 def keyed(headers, key):

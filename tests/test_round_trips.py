@@ -8,10 +8,8 @@ import os
 import pytest
 from sqlalchemy import create_engine, text
 
-from helpers import database_round_trips
+from helpers import POSTGRES, database_round_trips
 from todo_api import database_uri
-
-POSTGRES = os.environ.get("TEST_DATABASE_URL", "").startswith("postgres")
 
 
 def first_words(sent):
