@@ -584,11 +584,12 @@ def insert_task(user_id, fields):
     return task
 
 
-def delete_for_good(connection, where, change=None):
+def delete_for_good(connection, where, user_id=None):
     """Delete trashed tasks for good (those matching `where`; they are no longer counted), each
-    leaving a tombstone: numbered `change` (a user's change: deleted from the trash now), or,
-    when None, with the number and time of the change that trashed it (a purge past the
-    retention: clients saw it go then). Returns how many were deleted."""
+    leaving a tombstone: with `user_id`, numbered as that user's change now (deleted from the
+    trash; numbered after the delete, so that, like every write, it locks the tasks before their
+    owner's row), or, without, with the number and time of the change that trashed it (a purge
+    past the retention: clients saw it go then). Returns how many were deleted."""
     gone = (
         delete(Task.__table__)
         .where(Task.deleted_at.is_not(None), *where)
@@ -596,6 +597,7 @@ def delete_for_good(connection, where, change=None):
     )
     rows, now = connection.execute(gone).all(), utcnow()
     if rows:
+        change = next_change(connection, user_id) if user_id is not None else None
         connection.execute(
             insert(tombstones_table),
             [
@@ -1908,8 +1910,9 @@ def listing_cursor(args, task):
 # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already runs writes one at a time): a write
 # locks its task as it reads it, so a concurrent writer of the same task waits for this one to
 # commit and then works on the task as it left it. Without the lock, the later write would read
-# the earlier version and fail its version check. Locks are taken task first, then the owner's
-# row (next_change), by every path that locks both.
+# the earlier version and fail its version check. Every path that locks both takes its tasks'
+# rows first and then their owner's (next_change): these reads, TRASHED_TASK, delete_for_good and
+# account deletion; in the other order, two of them could each wait for the other (a deadlock).
 OWN_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"), LIVE).with_for_update()
 OWN_TASK_ROW = select(*TASK_COLUMNS).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"), LIVE)
 
@@ -2316,7 +2319,8 @@ TRASH_PAGE = (
     .offset(bindparam("offset"))
 )
 TRASH_COUNT = select(func.count()).select_from(tasks_table).where(Task.user_id == bindparam("user_id"), IN_TRASH)
-TRASHED_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"), IN_TRASH)
+# Locked as it is read, as OWN_TASK is: a concurrent restore or deletion of it goes first.
+TRASHED_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"), IN_TRASH).with_for_update()
 
 
 def trash_cutoff():
@@ -2350,9 +2354,7 @@ class Trash(OwnTasksView):
     @trash.doc(operationId="emptyTrash")
     def delete(self):
         """Empty your trash: its tasks are gone for good"""
-        connection = db.session.connection()
-        if not delete_for_good(connection, [Task.user_id == current_user.id], next_change(connection, current_user.id)):
-            db.session.rollback()  # nothing was there: no change to number
+        delete_for_good(db.session.connection(), [Task.user_id == current_user.id], current_user.id)
 
 
 @trash.route("/<int:task_id>")
@@ -2365,7 +2367,7 @@ class TrashedTask(OwnTasksView):
         """Delete a task in the trash for good"""
         connection = db.session.connection()
         where = [Task.id == task_id, Task.user_id == current_user.id, Task.deleted_at > trash_cutoff()]
-        if task_id > MAX_ID or not delete_for_good(connection, where, next_change(connection, current_user.id)):
+        if task_id > MAX_ID or not delete_for_good(connection, where, current_user.id):
             abort(404, message="No such task in your trash.")
 
 

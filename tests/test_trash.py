@@ -5,8 +5,9 @@ import json
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 
+from helpers import POSTGRES, another_worker, request_held_up
 from todo_api import IdempotencyKey, Task, TaskTombstone, User, db, purge, utcnow
 
 
@@ -153,6 +154,29 @@ def test_deleting_the_account_deletes_its_trash(app, client, make_user):
     assert client.delete("/api/auth/me", headers=user["headers"]).status_code == 204
     with app.app_context():
         assert db.session.scalar(select(Task.id)) is None
+
+
+@pytest.mark.skipif(not POSTGRES, reason="writers overlap only on a database server: SQLite runs writes one at a time")
+@pytest.mark.parametrize(
+    "method, path, status",
+    [("POST", "/api/trash/{id}/restore", 404), ("DELETE", "/api/trash/{id}", 404), ("DELETE", "/api/trash", 204)],
+)
+def test_a_trash_route_and_a_concurrent_account_deletion_never_deadlock(app, client, make_user, method, path, status):
+    """Account deletion locks the tasks, then the user's row; so do the trash routes. The trash
+    route waits for the deletion and finds nothing left (in the other order PostgreSQL would
+    fail one of the two after a second)."""
+    user = make_user()
+    task = client.post("/api/tasks", json={"title": "t"}, headers=user["headers"]).json
+    assert client.delete(f"/api/tasks/{task['id']}", headers=user["headers"]).status_code == 204
+    with another_worker() as deleter:
+        deleting = deleter.begin()  # DELETE /api/auth/me in another worker: the tasks first, ...
+        deleter.execute(delete(Task).where(Task.user_id == user["user"]["id"]))
+        with request_held_up(lambda: client.open(path.format(id=task["id"]), method=method, headers=user["headers"])) as answers:
+            deleter.execute(delete(User).where(User.id == user["user"]["id"]))  # ... then the account
+            deleting.commit()
+    assert [answer.status_code for answer in answers] == [status], [answer.json for answer in answers]
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Task)) == 0
 
 
 @pytest.mark.config(TRASH_RETENTION_DAYS=30, SYNC_RETENTION_DAYS=30, IDEMPOTENCY_TTL=3600)
