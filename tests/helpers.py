@@ -38,8 +38,8 @@ LOCK_WAITS = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type =
 
 @contextlib.contextmanager
 def another_worker():
-    """A connection of its own to the PostgreSQL test database, as another worker's, inside a
-    transaction that the test commits."""
+    """A connection of its own to the PostgreSQL test database, as another worker's: what it
+    locks, the app's requests wait for until the test commits or rolls back."""
     engine = create_engine(database_uri(os.environ["TEST_DATABASE_URL"]))
     try:
         with engine.connect() as connection:

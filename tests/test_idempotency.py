@@ -2,14 +2,13 @@
 retry replays the first success and runs nothing."""
 
 import hashlib
-import os
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import create_engine, event, func, select, text, update
+from sqlalchemy import event, func, select, text, update
 
-from helpers import POSTGRES
-from todo_api import IdempotencyKey, Task, User, database_uri, db, utcnow
+from helpers import POSTGRES, another_worker
+from todo_api import IdempotencyKey, Task, User, db, utcnow
 
 
 def keyed(headers, key):
@@ -172,13 +171,11 @@ def test_the_key_and_the_write_are_one_transaction(app, client, auth_headers):
 def test_a_key_whose_request_is_in_flight_is_a_409(app, client, auth_headers):
     user_id = client.get("/api/auth/me", headers=auth_headers).json["id"]
     lock = int.from_bytes(hashlib.blake2b(f"{user_id}:busy".encode(), digest_size=8).digest(), "big", signed=True)
-    other = create_engine(database_uri(os.environ["TEST_DATABASE_URL"]))
-    with other.connect() as connection:  # another worker serving the first request
+    with another_worker() as connection:  # another worker serving the first request
         assert connection.execute(text("SELECT pg_try_advisory_xact_lock(:lock)"), {"lock": lock}).scalar()
         response = client.post("/api/tasks", json={"title": "a"}, headers=keyed(auth_headers, "busy"))
         assert response.status_code == 409 and "still being served" in response.json["message"]
         connection.rollback()
-    other.dispose()
     assert client.post("/api/tasks", json={"title": "a"}, headers=keyed(auth_headers, "busy")).status_code == 201
     assert count_tasks(app) == 1
 
@@ -189,12 +186,10 @@ def test_a_replay_takes_no_lock_so_concurrent_replays_all_get_the_answer(app, cl
     assert first.status_code == 201
     user_id = client.get("/api/auth/me", headers=auth_headers).json["id"]
     lock = int.from_bytes(hashlib.blake2b(f"{user_id}:done".encode(), digest_size=8).digest(), "big", signed=True)
-    other = create_engine(database_uri(os.environ["TEST_DATABASE_URL"]))
-    with other.connect() as connection:  # another replay of it, being served
+    with another_worker() as connection:  # another replay of it, being served
         assert connection.execute(text("SELECT pg_try_advisory_xact_lock(:lock)"), {"lock": lock}).scalar()
         replayed = client.post("/api/tasks", json={"title": "a"}, headers=keyed(auth_headers, "done"))
         assert replayed.status_code == 201 and replayed.headers["Idempotent-Replayed"] == "true"
         assert replayed.json == first.json
         connection.rollback()
-    other.dispose()
     assert count_tasks(app) == 1
