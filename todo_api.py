@@ -10,9 +10,11 @@ OpenAPI at /openapi.json and browsable at /docs.
 from __future__ import annotations
 
 import base64
+import calendar
 import fcntl
 import functools
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -20,13 +22,15 @@ import operator
 import os
 import re
 import secrets
+import socket
 import sqlite3
+import threading
 import time
 import unicodedata
 import uuid
 import warnings
 from collections import Counter, defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import wraps
 from http import HTTPStatus
 from pathlib import Path
@@ -114,8 +118,8 @@ class Config:
     AUTO_MIGRATE = True  # apply migrations at start (one process at a time); see create_app
     DB_POOL_SIZE = 5  # connections kept open per process
     DB_MAX_OVERFLOW = 5  # extra connections under bursts
-    DB_POOL_TIMEOUT = 10  # seconds to wait for a free connection
     DB_PING_AFTER_IDLE = 30  # seconds: a pooled connection idle this long is checked before reuse
+    DATABASE_TIMEOUT = 5.0  # seconds: the longest a request waits on the database (see limit_database_waits)
 
     JWT_SECRET_KEY = None  # generated once into the instance folder when not configured
     JWT_TOKEN_LOCATION = ["headers"]
@@ -163,7 +167,7 @@ ENV_SETTINGS = {  # environment variable -> how to read it
     "RATELIMIT_ENABLED": lambda value: value.strip().lower() not in {"0", "false", "no", "off"},
     "DB_POOL_SIZE": int,
     "DB_MAX_OVERFLOW": int,
-    "DB_POOL_TIMEOUT": int,
+    "DATABASE_TIMEOUT": float,
     "DB_PING_AFTER_IDLE": float,
     "TRASH_RETENTION_DAYS": float,
     "SYNC_RETENTION_DAYS": float,
@@ -251,7 +255,7 @@ def configure_sqlite(dbapi_connection, _record):
         return
     dbapi_connection.isolation_level = None  # the driver begins nothing; begin_sqlite_transaction does
     cursor = dbapi_connection.cursor()
-    for pragma in ("foreign_keys=ON", "journal_mode=WAL", "busy_timeout=5000", "synchronous=NORMAL"):
+    for pragma in ("foreign_keys=ON", "journal_mode=WAL", "synchronous=NORMAL"):  # busy timeout: engine_options
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 
@@ -263,7 +267,7 @@ def begin_sqlite_transaction(connection):
 
     A transaction that reads first and writes later fails at once with "database is locked" if
     another writer committed in between; BEGIN IMMEDIATE makes it wait its turn instead
-    (busy_timeout) and see the latest data. (On PostgreSQL reads skip the transaction too:
+    (the busy timeout) and see the latest data. (On PostgreSQL reads skip the transaction too:
     see RequestSession.)"""
     if connection.dialect.name == "sqlite" and not is_read_request():
         connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -288,6 +292,47 @@ def ping_connections_idle_for(engine, seconds):
                 engine.dialect.do_ping(dbapi_connection)
             except engine.dialect.loaded_dbapi.Error as error:
                 raise DisconnectionError("a pooled connection failed its ping") from error
+
+
+def limit_database_waits(engine, seconds):
+    """A request holds a database connection at most `seconds` (DATABASE_TIMEOUT): past that, a
+    watcher thread shuts its socket down. A database that stalls (connections open, no bytes
+    back) leaves the request blocked in a read that no server-side timeout can end; the shut
+    socket ends it at once, the driver reports the connection lost (a 503), and the pool
+    replaces it. Connections used outside requests (migrations, the CLI) are not watched."""
+    held, lock, watcher = {}, threading.Lock(), {"pid": None}
+
+    def cut_overdue():
+        while True:
+            time.sleep(min(0.1, seconds / 4))
+            with lock:
+                overdue = [record for record, (deadline, _) in held.items() if deadline <= time.monotonic()]
+                for record in overdue:
+                    shut_down(held.pop(record)[1], engine.dialect.loaded_dbapi.Error)
+
+    @event.listens_for(engine, "checkout")
+    def start_clock(dbapi_connection, record, _proxy):
+        if not has_request_context():
+            return
+        if watcher["pid"] != os.getpid():  # the first request of this process (gunicorn forks after loading the app)
+            watcher["pid"] = os.getpid()
+            threading.Thread(target=cut_overdue, name="database-timeout", daemon=True).start()
+        with lock:
+            held[record] = (time.monotonic() + seconds, dbapi_connection)
+
+    @event.listens_for(engine, "checkin")
+    def stop_clock(_dbapi_connection, record):
+        with lock:
+            held.pop(record, None)
+
+
+def shut_down(dbapi_connection, driver_error):
+    """Shut a driver connection's socket down, both ways (its file descriptor stays the driver's to close)."""
+    try:
+        with socket.socket(fileno=os.dup(dbapi_connection.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, driver_error):
+        pass  # already closed
 
 
 # --- Models ---
@@ -381,8 +426,10 @@ class Task(db.Model):
     recurrence: Mapped[str | None] = mapped_column(String(500))  # an RFC 5545 RRULE value, as sent
     recurred: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # it made its next occurrence
     change_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # its owner's change that wrote it last
-    # Lower-cased in Python so that sorting and search agree on SQLite and PostgreSQL.
-    title_key: Mapped[str] = mapped_column(String(200).with_variant(String(200, collation="C"), "postgresql"))
+    # Lower-cased in Python so that sorting and search agree on SQLite and PostgreSQL. Unbounded:
+    # lower-casing can lengthen text ("İ" becomes two code points). SQLite enforces no length, so
+    # its column keeps the type it was made with (changing it would copy the table).
+    title_key: Mapped[str] = mapped_column(String(200).with_variant(Text(collation="C"), "postgresql"))
     # The column keeps its first name (renaming it would make SQLite copy the table).
     description_key: Mapped[str] = mapped_column("search_key", Text)
 
@@ -447,7 +494,7 @@ class TaskTag(db.Model):
     __table_args__ = (Index("ix_task_tags_user_tag", "user_id", "tag", "task_id"),)
 
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
-    tag: Mapped[str] = mapped_column(String(50), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(50).with_variant(Text(), "postgresql"), primary_key=True)  # lower-cased: see title_key
     # The task's owner, copied when the row is written (tasks never change owner); the rows go
     # with their task.
     user_id: Mapped[int] = mapped_column(Id)
@@ -623,19 +670,10 @@ WEEKDAYS = dict(zip(("MO", "TU", "WE", "TH", "FR", "SA", "SU"), rrule_module.wee
 BYDAY_ITEM = re.compile(r"([+-]?[0-9]{1,2})?(MO|TU|WE|TH|FR|SA|SU)")
 INTEGER = re.compile(r"[+-]?[0-9]{1,4}")
 UNTIL_VALUE = re.compile(r"([0-9]{8})(T[0-9]{6}Z)?")
-# How far a rule's next date is looked for, in periods of its frequency. The Gregorian calendar
-# repeats itself every 400 years, which settles yearly rules, and at INTERVAL=1 every rule is
-# searched as a yearly one (search_rule). With a longer INTERVAL the search stops sooner, so
-# that a rule that never matches costs a request at most ~0.3 s: ~100 years of monthly steps,
-# 1000 weekly or daily steps.
-SEARCH_PERIODS = {rrule_module.YEARLY: 400, rrule_module.MONTHLY: 1200, rrule_module.WEEKLY: 1000, rrule_module.DAILY: 1000}
-PERIOD = {
-    rrule_module.YEARLY: relativedelta(years=1),
-    rrule_module.MONTHLY: relativedelta(months=1),
-    rrule_module.WEEKLY: timedelta(weeks=1),
-    rrule_module.DAILY: timedelta(days=1),
-}
-LONGEST_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+# How far after the due date a rule's next date is looked for. The Gregorian calendar repeats
+# itself every 400 years (146,097 days, a whole number of weeks): a rule with INTERVAL=1 that
+# ever produces a date produces one within this horizon; one that does not is refused.
+SEARCH_HORIZON = relativedelta(years=400)
 
 
 class RecurrenceError(ValueError):
@@ -681,9 +719,6 @@ def parse_recurrence(text):
         if freq == "WEEKLY":
             raise RecurrenceError("BYMONTHDAY cannot be used with FREQ=WEEKLY (RFC 5545).")
         rule["bymonthday"] = integers("BYMONTHDAY", parts["BYMONTHDAY"], 1, 31, negative=True)
-        months = rule.get("bymonth", range(1, 13))
-        if not any(abs(day) <= LONGEST_MONTH[month - 1] for day in rule["bymonthday"] for month in months):
-            raise RecurrenceError("BYMONTHDAY and BYMONTH never meet: no such day in those months.")
     if "BYDAY" in parts:
         days = []
         for item in parts["BYDAY"].split(","):
@@ -696,11 +731,13 @@ def parse_recurrence(text):
             if ordinal is None:
                 days.append(WEEKDAYS[day])
                 continue
-            limit = {"MONTHLY": 5, "YEARLY": 53}.get(freq)
+            # An ordinal counts within the month, or within the year for a yearly rule without BYMONTH.
+            limit = {"MONTHLY": 5, "YEARLY": 5 if "BYMONTH" in parts else 53}.get(freq)
             if limit is None:
                 raise RecurrenceError("An ordinal in BYDAY (such as 2TU) needs FREQ=MONTHLY or FREQ=YEARLY.")
             if not 1 <= abs(int(ordinal)) <= limit:
-                raise RecurrenceError(f"A BYDAY ordinal is 1 to {limit} or -{limit} to -1 with FREQ={freq}.")
+                within = " and BYMONTH" if freq == "YEARLY" and limit == 5 else ""
+                raise RecurrenceError(f"A BYDAY ordinal is 1 to {limit} or -{limit} to -1 with FREQ={freq}{within}.")
             days.append(WEEKDAYS[day](int(ordinal)))
         rule["byweekday"] = days
     count = integers("COUNT", parts["COUNT"], 1, 1000)[0] if "COUNT" in parts else None
@@ -718,38 +755,106 @@ def parse_recurrence(text):
     return rule, count, until
 
 
-def search_rule(rule, start):
-    """A rule with the same dates that rrule walks faster. At INTERVAL=1 a daily, weekly or
-    monthly rule gives the dates of a yearly one that expands its parts within each month of the
-    year (BYDAY's ordinals too, BYMONTH being given): rrule then steps a year at a time, not a day."""
-    freq = rule["freq"]
-    if rule["interval"] != 1 or freq == rrule_module.YEARLY:
-        return rule
-    days, monthdays = rule.get("byweekday"), rule.get("bymonthday")
-    if freq == rrule_module.WEEKLY and days is None:
-        days = [rrule_module.weekdays[start.weekday()]]  # a weekly rule's day is its start's
-    if freq == rrule_module.MONTHLY and days is None and monthdays is None:
-        monthdays = [start.day]  # a monthly rule's day is its start's
-    if days is None and monthdays is None:
-        monthdays = list(range(1, 32))  # daily: every day of the months
-    yearly = {"freq": rrule_module.YEARLY, "interval": 1, "bymonth": rule.get("bymonth", list(range(1, 13)))}
-    return yearly | ({"byweekday": days} if days is not None else {}) | ({"bymonthday": monthdays} if monthdays is not None else {})
+def with_start_defaults(rule, start):
+    """The rule with what rrule takes from its start when the rule leaves it out spelled out
+    (dateutil's defaults: the start's time of day; its day of the month, month or weekday),
+    weeks starting on Monday: so its days can be found in any month or year alone."""
+    rule = {**rule, "wkst": rrule_module.MO, "byhour": start.hour, "byminute": start.minute, "bysecond": start.second}
+    if "bymonthday" not in rule and "byweekday" not in rule:
+        if rule["freq"] == rrule_module.YEARLY:
+            rule.setdefault("bymonth", [start.month])
+            rule["bymonthday"] = [start.day]
+        elif rule["freq"] == rrule_module.MONTHLY:
+            rule["bymonthday"] = [start.day]
+        elif rule["freq"] == rrule_module.WEEKLY:
+            rule["byweekday"] = [rrule_module.weekdays[start.weekday()]]
+    return rule
+
+
+def admitted_days(rule, year, month=None):
+    """The days of a month (or, without `month`, of a year) that a rule's BY parts admit, as
+    offsets from its first day; filtered as rrule filters a period's days: every part given
+    must hold, and BYDAY's ordinals count within the month, or within the year for a yearly
+    rule without BYMONTH. Which periods the rule visits (its INTERVAL) is not asked here."""
+    days = rule.get("byweekday") or ()
+    plain = {day.weekday for day in days if not day.n}
+    nth = {(day.weekday, day.n) for day in days if day.n}
+    in_year = rule["freq"] == rrule_module.YEARLY and "bymonth" not in rule
+    monthdays = set(rule.get("bymonthday") or ())
+    year_length = 366 if calendar.isleap(year) else 365
+    admitted, offset = [], 0
+    for number in [month] if month else range(1, 13):
+        first_weekday, length = calendar.monthrange(year, number)
+        if "bymonth" in rule and number not in rule["bymonth"]:
+            offset += length
+            continue
+        for day in range(1, length + 1):
+            weekday = (first_weekday + day - 1) % 7
+            if plain and weekday not in plain:
+                continue
+            place, span = (offset + day, year_length) if in_year else (day, length)
+            if nth and (weekday, (place - 1) // 7 + 1) not in nth and (weekday, -((span - place) // 7 + 1)) not in nth:
+                continue
+            if monthdays and day not in monthdays and day - length - 1 not in monthdays:
+                continue
+            admitted.append(offset + day - 1)
+        offset += length
+    return admitted
 
 
 def first_after(rule, due):
     """The rule's first date strictly after `due`, the rule starting at `due` (UTC); None when
-    there is none within SEARCH_PERIODS."""
+    there is none within SEARCH_HORIZON. The dates rrule would give, found without walking
+    period by period: the days a month (or a yearly rule's year) admits depend only on its kind
+    (its month, length and first weekday; a year's length and first weekday), so each kind is
+    filtered once; the periods the INTERVAL visits are then checked by arithmetic, at most 4,801
+    months or 401 years."""
     start = due.replace(microsecond=0)  # rrule works in whole seconds; the fraction is kept
-    if rule["freq"] == rrule_module.DAILY and rule["interval"] % 7 == 0 and "byweekday" in rule:
-        if rrule_module.weekdays[start.weekday()] not in rule["byweekday"]:
-            return None  # every 7th day is the start's weekday, which BYDAY leaves out
-    rule = search_rule(rule, start)
     try:
-        until = start + PERIOD[rule["freq"]] * (SEARCH_PERIODS[rule["freq"]] * rule["interval"])
+        end = start + SEARCH_HORIZON
     except (OverflowError, ValueError):
-        until = datetime.max.replace(microsecond=0)
-    found = rrule_module.rrule(dtstart=start, until=until, **rule).after(start)
-    return None if found is None else found.replace(microsecond=due.microsecond)
+        end = datetime.max.replace(microsecond=0)
+    rule = with_start_defaults(rule, start)
+    freq, interval, today = rule["freq"], rule["interval"], start.toordinal()
+    kinds = {}
+
+    def days_of(year, month=None):
+        """The admitted days, by the month's or year's kind: (offsets, the same as a set)."""
+        kind = (month, *calendar.monthrange(year, month)) if month else (calendar.isleap(year), calendar.weekday(year, 1, 1))
+        if kind not in kinds:
+            offsets = admitted_days(rule, year, month)
+            kinds[kind] = (offsets, frozenset(offsets))
+        return kinds[kind]
+
+    def first_of(candidates, first):
+        """The first of a period's candidate days after the due date, within the horizon."""
+        for offset in candidates:
+            if first + offset > today:
+                found = datetime.combine(date.fromordinal(first + offset), start.time())
+                return found.replace(microsecond=due.microsecond) if found <= end else None
+        return None
+
+    if freq == rrule_module.YEARLY:
+        for year in range(start.year, end.year + 1, interval):
+            if (found := first_of(days_of(year)[0], date(year, 1, 1).toordinal())) is not None:
+                return found
+        return None
+    monday = today - start.weekday()  # weekly: the periods are weeks from the start's Monday
+    months = range(start.year * 12 + start.month - 1, end.year * 12 + end.month, interval if freq == rrule_module.MONTHLY else 1)
+    for index in months:
+        year, month = divmod(index, 12)
+        offsets, admitted = days_of(year, month + 1)
+        if not offsets:
+            continue
+        first = date(year, month + 1, 1).toordinal()
+        if freq == rrule_module.DAILY and interval > 1:  # the days the interval visits, then whether admitted
+            length = calendar.monthrange(year, month + 1)[1]
+            offsets = [day for day in range((today - first) % interval, length, interval) if day in admitted]
+        elif freq == rrule_module.WEEKLY and interval > 1:
+            offsets = [day for day in offsets if (first + day - monday) % (7 * interval) < 7]
+        if (found := first_of(offsets, first)) is not None:
+            return found
+    return None
 
 
 def check_recurrence(recurrence, due_date):
@@ -758,7 +863,7 @@ def check_recurrence(recurrence, due_date):
     if recurrence is not None and due_date is None:
         message = "A recurring task needs a due_date: its next occurrence is due a rule's step after it."
     elif recurrence is not None and first_after(parse_recurrence(recurrence)[0], due_date) is None:
-        message = "This rule never produces a date after the task's due_date."
+        message = "This rule produces no date within 400 years after the task's due_date."
     if message is not None:
         abort(422, message="Validation failed.", errors={"json": {"recurrence": [message]}})
 
@@ -1014,29 +1119,54 @@ SORT_KEYS = ("created_at", "updated_at", "due_date", "priority", "title")
 SORTS = [*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)]
 
 
-def encode_cursor(values):
-    """An opaque cursor: a JSON list, base64url without padding."""
-    return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).rstrip(b"=").decode()
+# A cursor is its values as JSON behind a MAC made with the app's key over those values, its
+# kind and its owner's id: a cursor the service did not make, or made for another account, is
+# told apart before any of its values is read. Sized for the longest the service makes: a title
+# key of 200 control characters, each escaped in JSON as six bytes.
+CURSOR_ALPHABET = re.compile(r"[A-Za-z0-9_-]{1,2048}")
+CURSOR_MAC_SIZE = 16
+
+
+def cursor_mac(payload):
+    key = current_app.config["JWT_SECRET_KEY"].encode()
+    return hmac.new(key, b"todo-api cursor\0" + payload, hashlib.sha256).digest()[:CURSOR_MAC_SIZE]
+
+
+def encode_cursor(kind, owner, *values):
+    """An opaque cursor of one kind ("after" or "sync") for one user: base64url, no padding."""
+    payload = json.dumps([kind, owner, *values], ensure_ascii=False, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(cursor_mac(payload) + payload).rstrip(b"=").decode()
+
+
+def decode_cursor(text, kind):
+    """The values of a cursor of `kind` this service made (owner's id first); ValueError for any other text."""
+    if not CURSOR_ALPHABET.fullmatch(text):
+        raise ValueError("not base64url")
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))  # ValueError for a length no base64 has
+    mac, payload = raw[:CURSOR_MAC_SIZE], raw[CURSOR_MAC_SIZE:]
+    if not hmac.compare_digest(mac, cursor_mac(payload)):
+        raise ValueError("not made by this service")
+    found, *values = json.loads(payload)  # the service's own JSON, as the MAC proves
+    if found != kind:
+        raise ValueError("another kind of cursor")
+    return values
 
 
 class Cursor(fields.String):
-    """A cursor this service made: loads as its JSON list; anything else is invalid."""
+    """A cursor of `kind` this service made: loads as [owner's id, *values]; anything else is invalid."""
 
     default_error_messages = {"invalid": "Not a cursor this service made: use one from an earlier answer as it is."}
 
-    def __init__(self, **kwargs):
-        kwargs["metadata"] = {"minLength": 1, "maxLength": 1000, "pattern": "^[A-Za-z0-9_-]+$", **kwargs.get("metadata", {})}
+    def __init__(self, kind, **kwargs):
+        kwargs["metadata"] = {"minLength": 1, "maxLength": 2048, "pattern": "^[A-Za-z0-9_-]+$", **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
+        self.kind = kind
 
     def _deserialize(self, value, attr, data, **kwargs):
-        text = super()._deserialize(value, attr, data, **kwargs)
         try:
-            values = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), parse_int=int, parse_float=None)
-        except (ValueError, TypeError, RecursionError):
+            return decode_cursor(super()._deserialize(value, attr, data, **kwargs), self.kind)
+        except ValueError:
             raise self.make_error("invalid") from None
-        if not isinstance(values, list) or len(text) > 1000:
-            raise self.make_error("invalid")
-        return values
 
 
 def is_count(value, top=MAX_ID):
@@ -1048,11 +1178,12 @@ class TaskQueryArgsSchema(StrictSchema):
     page = QueryInteger(validate=validate.Range(1, 2_147_483_647), metadata={"description": "1-based page number; default 1."})
     page_size = QueryInteger(load_default=20, validate=validate.Range(1, 100), metadata={"description": "Tasks per page."})
     after = Cursor(
+        "after",
         metadata={
             "description": "Continue after the page whose X-Pagination gave this next_cursor, with the same filters and sort "
             "(not with page). Unlike page numbers, deep pages cost no more and nothing is repeated or skipped when tasks "
             "come and go meanwhile."
-        }
+        },
     )
     completed = fields.Boolean(truthy={"true"}, falsy={"false"}, metadata={"description": "Only completed (true) or open (false) tasks."})
     priority = fields.String(validate=validate.OneOf(PRIORITIES), metadata={"description": "Only tasks of this priority."})
@@ -1077,16 +1208,19 @@ class TaskQueryArgsSchema(StrictSchema):
             return {"page": 1, **data}
         if "page" in data:
             raise ma.ValidationError("Give either after or page, not both.", "after")
-        values = data["after"]
-        if len(values) != 3 or not is_count(values[2]) or not isinstance(values[0], str):
-            raise ma.ValidationError(Cursor.default_error_messages["invalid"], "after")
-        if values[0] != listing_fingerprint(data):
-            raise ma.ValidationError("This cursor was made for another sort or other filters.", "after")
+        # The MAC proves the service made it; what it holds is still checked before it reaches SQL.
         try:
-            value = sort_value_from_json(data["sort"].lstrip("-"), values[1])
+            owner, fingerprint, value, task_id = data["after"]
+            after = (sort_value_from_json(data["sort"].lstrip("-"), value), task_id)
+            if not is_count(task_id):
+                raise TypeError(task_id)
         except (TypeError, ValueError):
             raise ma.ValidationError(Cursor.default_error_messages["invalid"], "after") from None
-        return {**data, "page": None, "after": (value, values[2])}
+        if owner != current_user.id:
+            raise ma.ValidationError("This cursor was made for another account.", "after")
+        if fingerprint != listing_fingerprint(data):
+            raise ma.ValidationError("This cursor was made for another sort or other filters.", "after")
+        return {**data, "page": None, "after": after}
 
 
 class TrashQueryArgsSchema(StrictSchema):
@@ -1096,7 +1230,8 @@ class TrashQueryArgsSchema(StrictSchema):
 
 class SyncArgsSchema(StrictSchema):
     cursor = Cursor(
-        metadata={"description": "The cursor of your last sync answer, as it is; leave it out to start with a full sync of every task."}
+        "sync",
+        metadata={"description": "The cursor of your last sync answer, as it is; leave it out to start with a full sync of every task."},
     )
     limit = QueryInteger(
         load_default=100, validate=validate.Range(1, 1000), metadata={"description": "At most this many changes per answer."}
@@ -1104,7 +1239,8 @@ class SyncArgsSchema(StrictSchema):
 
     @ma.validates("cursor")
     def check_cursor(self, values, **_kwargs):
-        if len(values) != 4 or not all(is_count(value) for value in values):
+        """The MAC proves the service made it; what it holds is still checked before it reaches SQL."""
+        if len(values) != 5 or not all(is_count(value) for value in values):
             raise ma.ValidationError(Cursor.default_error_messages["invalid"])
 
 
@@ -1368,6 +1504,12 @@ ERROR_HEADERS = {
     405: {"Allow": header_doc("The methods the route allows.")},
     429: {"Retry-After": header_doc("Seconds until the limit resets.", type="integer")},
 }
+BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "JWT",
+    "description": "The access_token from signup or login, alone: Swagger UI adds the 'Bearer ' prefix itself.",
+}
 NO_STORE_HEADER = {"Cache-Control": header_doc("no-store: the body holds tokens.", enum=["no-store"])}
 ETAG_HEADER = {"ETag": header_doc("The task's current version; send it back in If-Match or If-None-Match.")}
 
@@ -1450,8 +1592,23 @@ def abort_revoked():
     abort(401, message="Token has been revoked.", headers=bearer_challenge())
 
 
+# flask-jwt-extended's reasons for the mistakes people make (its WrongTokenError and
+# InvalidHeaderError messages), and what to send instead.
+TOKEN_MISTAKES = {
+    "Only non-refresh tokens are allowed": "This is a refresh token: send the access token here; the refresh token is "
+    "only for POST /api/auth/refresh.",
+    "Only refresh tokens are allowed": "This is an access token: POST /api/auth/refresh takes the refresh token "
+    "(refresh_token from signup, login or the last refresh).",
+    "Bad Authorization header": "The Authorization header is 'Bearer ' and the token alone: the word Bearer appears "
+    "twice, or the token has spaces in it (in Swagger UI's Authorize, paste the token without 'Bearer').",
+}
+
+
 def invalid_token_message(reason):
     """What is wrong with a token, for people: not PyJWT's parser internals."""
+    for known, message in TOKEN_MISTAKES.items():
+        if reason.startswith(known):
+            return message
     if "signature" in reason.lower():
         return "Invalid token: its signature does not verify."
     if "claim" in reason.lower():
@@ -1593,12 +1750,13 @@ def config_limit(key):
 auth = Blueprint("auth", __name__, url_prefix="/api/auth", description="Accounts, sessions and tokens.")
 NO_AUTH = {"security": []}
 # Request examples that succeed as they are, in this order (Swagger UI's "Try it out").
-ACCOUNT = {"email": "ada@example.com", "password": "correct horse battery"}
+# Not the README walk-through's account (ada@): a reader who did both would meet a 409.
+ACCOUNT = {"email": "grace@example.com", "password": "correct horse battery"}
 
 
 @auth.route("/signup", methods=["POST"])
 @limiter.limit(config_limit("SIGNUP_ADDRESS_LIMIT"))
-@auth.arguments(SignupSchema(), description="The new account.", example={**ACCOUNT, "name": "Ada"})
+@auth.arguments(SignupSchema(), description="The new account.", example={**ACCOUNT, "name": "Grace"})
 @auth.response(201, TokenPairSchema, headers=NO_STORE_HEADER)
 @auth.errors(400, 409, 413, 415, 429)
 @auth.doc(operationId="signup", **NO_AUTH)
@@ -1818,7 +1976,7 @@ def sort_value(task, key):
 def sort_value_from_json(key, value):
     """The inverse of sort_value; TypeError or ValueError when `value` cannot be one."""
     if key == "title":
-        if not isinstance(value, str) or len(value) > 200:
+        if not isinstance(value, str):
             raise TypeError(key)
         return value
     if key == "priority":
@@ -1904,7 +2062,7 @@ def pagination_headers(args, total, next_cursor=None):
 
 def listing_cursor(args, task):
     """The next_cursor after `task`, the last of a page."""
-    return encode_cursor([listing_fingerprint(args), sort_value(task, args["sort"].lstrip("-")), task.id])
+    return encode_cursor("after", current_user.id, listing_fingerprint(args), sort_value(task, args["sort"].lstrip("-")), task.id)
 
 
 # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already runs writes one at a time): a write
@@ -1972,8 +2130,7 @@ TASK_EXAMPLE = {
     "priority": "high",
     "due_date": "2026-12-01T09:00:00Z",
     "tags": ["work"],
-    "recurrence": RECURRENCE_EXAMPLE,
-}
+}  # not recurring: toggling it in "Try it out" would quietly create its next occurrence
 
 
 def task_etag(task):
@@ -2266,26 +2423,28 @@ TASK_SCHEMA = TaskSchema()
 
 
 def sync_changes(user, cursor, limit):
-    """The changes after `cursor` ([change number, id, full sync's start or 0, issued at]), and
-    the next cursor. An answer that ends the changes (no has_more) moves the cursor to the
+    """The changes after `cursor` ([owner, change number, id, full sync's start or 0, issued at]),
+    and the next cursor. An answer that ends the changes (no has_more) moves the cursor to the
     user's change number read with the token's session, before the changes were: every change
     up to it had committed, so none is left behind."""
     now = int(time.time())
     if cursor is None:
         seq, after_id, full = 0, 0, user.change_seq  # a full sync: every live task
     else:
-        seq, after_id, full, issued = cursor
+        owner, seq, after_id, full, issued = cursor
+        if owner != user.id:  # change numbers are per account: another's would skip this one's changes
+            abort(410, message="This cursor belongs to another account: sync again from the start, without a cursor.")
         if issued < now - current_app.config["SYNC_RETENTION_DAYS"] * 86_400:
             abort(410, message="This cursor is too old: sync again from the start, without a cursor.")
         if not full and after_id == MAX_ID and seq >= user.change_seq:
-            return [], encode_cursor([seq, MAX_ID, 0, now]), False  # up to date: nothing to read
+            return [], encode_cursor("sync", user.id, seq, MAX_ID, 0, now), False  # up to date: nothing to read
     params = {"user_id": user.id, "seq": seq, "after_id": after_id, "full": full, "size": limit + 1}
     rows = db.session.connection().execute(SYNC_CHANGES, params).all()
     changes = [{"id": row.id, "deleted": True} if row.deleted_at else TASK_SCHEMA.dump(row) for row in rows[:limit]]
     if len(rows) > limit:
-        return changes, encode_cursor([rows[limit - 1].change_seq, rows[limit - 1].id, full, now]), True
+        return changes, encode_cursor("sync", user.id, rows[limit - 1].change_seq, rows[limit - 1].id, full, now), True
     last = rows[-1].change_seq if rows else seq
-    return changes, encode_cursor([max(last, user.change_seq), MAX_ID, 0, now]), False
+    return changes, encode_cursor("sync", user.id, max(last, user.change_seq), MAX_ID, 0, now), False
 
 
 @tasks.route("/changes")
@@ -2298,7 +2457,7 @@ class TaskChanges(OwnTasksView):
         description="Without a cursor: every task you have (a full sync). With the cursor of your last answer: what changed "
         "since, in commit order; a deleted task as {id, deleted: true}. Call again while has_more is true. Apply each answer "
         "in order (replace by id, drop on deleted) and your copy equals your tasks: no change is ever skipped. A cursor older "
-        "than SYNC_RETENTION_DAYS answers 410: start again without one.",
+        "than SYNC_RETENTION_DAYS, or given to another account, answers 410: start again without one.",
     )
     def get(self, args):
         """Sync: the tasks that changed since your last call"""
@@ -2447,6 +2606,7 @@ def migrate_database(app):
         engine = db.engine
         if engine.dialect.name == "postgresql":
             with engine.connect() as connection:
+                connection.exec_driver_sql("SET statement_timeout = 0")  # waiting for another process's migrations
                 connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
                 try:
                     upgrade_database(engine)
@@ -2493,6 +2653,8 @@ def purge():
     """Delete what has outlived its retention: trashed tasks, tombstones, Idempotency-Key answers."""
     config, now = current_app.config, utcnow()
     connection = db.session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SET LOCAL statement_timeout = 0")  # a clean-up, not a request: it may take its time
     trashed = delete_for_good(connection, [Task.deleted_at <= now - timedelta(days=config["TRASH_RETENTION_DAYS"])])
     # A tombstone outlives the cursors that may need it (SYNC_RETENTION_DAYS) by a day: a change's
     # time is taken before its commit, a cursor's after.
@@ -2568,6 +2730,8 @@ def finish_request(response):
         start_request()
     response.headers["X-Request-ID"] = g.request_id
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if response.status_code in (204, 304):  # no body, so no media type (Flask gives every response one)
+        del response.headers["Content-Type"]
     fields = {
         "method": request.method,
         "path": request.path,
@@ -2589,17 +2753,32 @@ def engine_options(config):
         options.update(
             pool_size=config["DB_POOL_SIZE"],
             max_overflow=config["DB_MAX_OVERFLOW"],
-            pool_timeout=config["DB_POOL_TIMEOUT"],
+            pool_timeout=config["DATABASE_TIMEOUT"],
         )
+    seconds = config["DATABASE_TIMEOUT"]
     if config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
-        options["connect_args"] = {"application_name": "todo-api", **options.get("connect_args", {})}
+        # Connecting gives up after DATABASE_TIMEOUT (libpq's whole seconds, at least 2), and the
+        # server cancels a statement that runs longer (its lock waits included).
+        timeouts = {"connect_timeout": max(2, math.ceil(seconds)), "options": f"-c statement_timeout={round(seconds * 1000)}"}
+        options["connect_args"] = {"application_name": "todo-api", **timeouts, **options.get("connect_args", {})}
+    elif config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        options["connect_args"] = {"timeout": seconds, **options.get("connect_args", {})}  # waiting for the write lock
     return options
 
 
 CORS_POLICY = {
     "methods": ["GET", "POST", "PUT", "PATCH", "DELETE"],
-    "allow_headers": ["Authorization", "Content-Type", "If-Match", "If-None-Match", "X-Request-ID"],
-    "expose_headers": ["ETag", "Location", "Link", "X-Pagination", "Retry-After", "X-Request-ID"],
+    "allow_headers": ["Authorization", "Content-Type", "If-Match", "If-None-Match", "Idempotency-Key", "X-Request-ID"],
+    "expose_headers": [
+        "ETag",
+        "Location",
+        "Link",
+        "X-Pagination",
+        "Retry-After",
+        "WWW-Authenticate",
+        "Idempotent-Replayed",
+        "X-Request-ID",
+    ],
 }
 
 
@@ -2634,13 +2813,14 @@ def create_app(test_config=None, instance_path=None):
     app.extensions["autocommit_engines"] = {}  # see RequestSession
     with app.app_context():
         if db.engine.dialect.name != "sqlite":
+            limit_database_waits(db.engine, app.config["DATABASE_TIMEOUT"])  # before the ping, which it bounds too
             ping_connections_idle_for(db.engine, app.config["DB_PING_AFTER_IDLE"])
     if click.get_current_context(silent=True):  # the flask command line: `flask db ...` needs it
         init_migrations(app)
     jwt.init_app(app)
     limiter.init_app(app)
     api = Api(app, spec_kwargs={"extra_plugins": [ClientDocPlugin()]})
-    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    api.spec.components.security_scheme("bearerAuth", BEARER_SCHEME)
     api.spec.components.schema("ListPageMetadata", schema=ListPageMetadataSchema)
     api.spec.components.schema("Tombstone", schema=TombstoneSchema)
     app.cli.add_command(purge)

@@ -1,9 +1,16 @@
 """Alembic environment for Flask-Migrate: the app's engine and metadata, batch mode on SQLite."""
 
 import logging
+import warnings
 
 from alembic import context
 from flask import current_app
+from sqlalchemy.exc import SAWarning
+
+# Batch mode on SQLite reflects a table's foreign-key targets too, tasks among them: SQLAlchemy
+# cannot reflect tasks' expression indexes (due-date order) and says so; batch mode never copies
+# tasks through that reflection, so the indexes stay as they are.
+warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based index", SAWarning)
 
 logger = logging.getLogger("alembic.env")
 config = context.config
@@ -32,6 +39,9 @@ def run_migrations_online():
             # transaction, and SQLAlchemy begins one with its first statement: so it goes
             # straight to the driver, which begins nothing by itself here.
             connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql("SET statement_timeout = 0")  # DATABASE_TIMEOUT is for requests, not migrations
+            connection.commit()  # a session setting: the migrations then begin their own transaction
         context.configure(connection=connection, target_metadata=migrate.db.metadata, **args)
         with context.begin_transaction():
             context.run_migrations()

@@ -169,7 +169,9 @@ def seed_scale(database_url, big_user_tasks, total_tasks):
     from todo_api import PRIORITIES, Task, User, create_app, db, password_hasher
 
     app = create_app(
-        {"SQLALCHEMY_DATABASE_URI": database_url, "JWT_SECRET_KEY": SECRET, "AUTO_MIGRATE": False}, instance_path=tempfile.mkdtemp()
+        # Seeding and VACUUM are no requests: they may take longer than a request may wait.
+        {"SQLALCHEMY_DATABASE_URI": database_url, "JWT_SECRET_KEY": SECRET, "AUTO_MIGRATE": False, "DATABASE_TIMEOUT": 3600},
+        instance_path=tempfile.mkdtemp(),
     )
     password_hash = password_hasher.hash(PASSWORD)
     others = 99

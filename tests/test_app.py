@@ -5,9 +5,13 @@ import json
 import os
 import re
 import stat
+import threading
+import time
 
 import pytest
+from sqlalchemy import text
 
+from helpers import POSTGRES, another_worker
 from todo_api import ConfigError, create_app, database_uri, db
 
 ERROR_KEYS = {"code", "status", "message"}
@@ -110,7 +114,8 @@ def test_openapi_document_lists_every_route_and_the_bearer_scheme(client):
     assert response.status_code == 200
     spec = response.json
     assert spec["openapi"].startswith("3.")
-    assert spec["components"]["securitySchemes"]["bearerAuth"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    scheme = spec["components"]["securitySchemes"]["bearerAuth"]
+    assert {key: scheme[key] for key in ("type", "scheme", "bearerFormat")} == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     assert spec["security"] == [{"bearerAuth": []}]
     expected = {
         "/api/auth/signup": {"post"},
@@ -214,19 +219,56 @@ def test_cors_preflight_for_an_allowed_origin(client):
     assert "Access-Control-Allow-Credentials" not in response.headers
 
 
+# Every request header the contract names, and every response header it names.
+REQUEST_HEADERS = ["Authorization", "Content-Type", "If-Match", "If-None-Match", "Idempotency-Key", "X-Request-ID"]
+RESPONSE_HEADERS = ["ETag", "Location", "X-Pagination", "Link", "Retry-After", "WWW-Authenticate", "Idempotent-Replayed", "X-Request-ID"]
+
+
+@pytest.mark.config(CORS_ORIGINS=ORIGIN)
+@pytest.mark.parametrize("header", REQUEST_HEADERS)
+@pytest.mark.parametrize("path, method", [("/api/tasks", "POST"), ("/api/tasks/1/complete", "PATCH"), ("/api/trash/1/restore", "POST")])
+def test_a_browser_may_send_every_request_header_of_the_contract(client, header, path, method):
+    response = client.options(
+        path, headers={"Origin": ORIGIN, "Access-Control-Request-Method": method, "Access-Control-Request-Headers": header.lower()}
+    )
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert header.lower() in {h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+
+
 @pytest.mark.config(CORS_ORIGINS=ORIGIN)
 def test_cors_exposes_the_api_headers_to_scripts(client, auth_headers):
     response = client.get("/api/tasks", headers={**auth_headers, "Origin": ORIGIN})
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
     exposed = {h.strip() for h in response.headers["Access-Control-Expose-Headers"].split(",")}
-    assert {"ETag", "Location", "Link", "X-Pagination", "Retry-After", "X-Request-ID"} <= exposed
+    assert set(RESPONSE_HEADERS) <= exposed
+    replayed = [client.post("/api/tasks", json={"title": "t"}, headers={**auth_headers, "Origin": ORIGIN, "Idempotency-Key": "k"})]
+    replayed.append(client.post("/api/tasks", json={"title": "t"}, headers={**auth_headers, "Origin": ORIGIN, "Idempotency-Key": "k"}))
+    assert [r.status_code for r in replayed] == [201, 201] and replayed[1].headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" in replayed[1].headers["Access-Control-Expose-Headers"]
+    unauthorized = client.get("/api/tasks", headers={"Origin": ORIGIN})
+    assert unauthorized.status_code == 401 and "WWW-Authenticate" in unauthorized.headers["Access-Control-Expose-Headers"]
 
 
 @pytest.mark.config(CORS_ORIGINS=ORIGIN)
 def test_cors_ignores_other_origins(client):
     response = client.options("/api/tasks", headers={"Origin": "https://evil.example.com", "Access-Control-Request-Method": "GET"})
     assert "Access-Control-Allow-Origin" not in response.headers
+
+
+# --- answers without a body ---
+
+
+def test_answers_without_a_body_carry_no_content_type(client, auth_headers, make_task):
+    task = make_task()
+    etag = client.get(f"/api/tasks/{task['id']}", headers=auth_headers).headers["ETag"]
+    not_modified = client.get(f"/api/tasks/{task['id']}", headers={**auth_headers, "If-None-Match": etag})
+    deleted = client.delete(f"/api/tasks/{task['id']}", headers=auth_headers)
+    logged_out = client.post("/api/auth/logout", headers=auth_headers)
+    for response, status in ((not_modified, 304), (deleted, 204), (logged_out, 204)):
+        assert response.status_code == status
+        assert "Content-Type" not in response.headers and response.data == b""
 
 
 # --- request ids and logs ---
@@ -296,9 +338,41 @@ def test_postgresql_pool_is_configurable(config, tmp_path, monkeypatch):
     config.update(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none")
     app = create_app(config, instance_path=str(tmp_path))
     options = app.config["SQLALCHEMY_ENGINE_OPTIONS"]
-    assert options["pool_size"] == 7 and options["max_overflow"] == 3 and options["pool_timeout"] == 10
+    assert options["pool_size"] == 7 and options["max_overflow"] == 3 and options["pool_timeout"] == 5
     assert "pool_pre_ping" not in options and options["hide_parameters"] is True  # idle ones only: test_round_trips.py
     assert options["connect_args"]["application_name"] == "todo-api"
+
+
+@pytest.mark.parametrize("seconds, connect, statement", [("5", 5, 5000), ("0.5", 2, 500), ("2.5", 3, 2500)])
+def test_database_timeout_bounds_connecting_statements_and_the_pool(config, tmp_path, monkeypatch, seconds, connect, statement):
+    monkeypatch.setenv("DATABASE_TIMEOUT", seconds)
+    config.update(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none")
+    options = create_app(config, instance_path=str(tmp_path)).config["SQLALCHEMY_ENGINE_OPTIONS"]
+    assert options["connect_args"]["connect_timeout"] == connect  # libpq: whole seconds, at least 2
+    assert options["connect_args"]["options"] == f"-c statement_timeout={statement}"
+    assert options["pool_timeout"] == float(seconds)
+
+
+@pytest.mark.config(DATABASE_TIMEOUT=1.0)
+def test_a_request_that_waits_on_the_database_past_the_timeout_is_a_503(client, auth_headers, make_task):
+    if not POSTGRES:
+        pytest.skip("a lock held by another connection of a database server")
+    task = make_task()
+    with another_worker() as other:  # another worker holds the task's row lock for 5 s
+        other.execute(text("SELECT id FROM tasks WHERE id = :id FOR UPDATE"), {"id": task["id"]})
+        release = threading.Timer(5, other.rollback)
+        release.start()
+        started = time.monotonic()
+        response = client.patch(f"/api/tasks/{task['id']}", json={"title": "waited"}, headers=auth_headers)
+        waited = time.monotonic() - started
+        release.cancel()
+        release.join()
+        other.rollback()
+    assert response.status_code == 503
+    assert response.json == {"code": 503, "status": "Service Unavailable", "message": "The database is unavailable; try again shortly."}
+    assert 0.9 < waited < 2.5
+    again = client.patch(f"/api/tasks/{task['id']}", json={"title": "served"}, headers=auth_headers)
+    assert again.status_code == 200 and again.json["title"] == "served"
 
 
 def test_sqlite_is_set_up_for_several_workers(app):

@@ -659,3 +659,20 @@ def test_a_bad_signature_is_told_as_such(client, make_user):
     response = client.get("/api/tasks", headers=bearer(token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")))
     assert_401(response)
     assert response.json["message"] == "Invalid token: its signature does not verify."
+
+
+def test_a_token_sent_where_the_other_kind_belongs_says_which_to_send(client, make_user):
+    user = make_user()
+    as_access = client.get("/api/tasks", headers=bearer(user["refresh_token"]))
+    assert_401(as_access)
+    assert as_access.json["message"].startswith("This is a refresh token: send the access token")
+    as_refresh = client.post("/api/auth/refresh", headers=bearer(user["access_token"]))
+    assert_401(as_refresh)
+    assert as_refresh.json["message"].startswith("This is an access token: POST /api/auth/refresh takes the refresh token")
+
+
+@pytest.mark.parametrize("value", ["Bearer Bearer {token}", "Bearer {token} {token}"])
+def test_a_pasted_bearer_prefix_is_told_as_such(client, make_user, value):
+    response = client.get("/api/tasks", headers={"Authorization": value.format(token=make_user()["access_token"])})
+    assert_401(response)
+    assert "the word Bearer appears twice" in response.json["message"]

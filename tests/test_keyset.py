@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import update
 
-from todo_api import SORT_KEYS, Task, db
+from todo_api import SORT_KEYS, Task, db, decode_cursor, encode_cursor
 
 SORTS = [f"{direction}{key}" for key in SORT_KEYS for direction in ("", "-")]
 
@@ -140,18 +140,83 @@ def test_after_with_page_or_a_cursor_for_another_listing_is_a_422_naming_after(c
     assert client.get(f"/api/tasks?{urlencode({'tag': 'X', 'after': cursor})}", headers=auth_headers).status_code == 200  # same tag
 
 
-def test_a_cursor_with_a_value_of_the_wrong_kind_is_a_422(client, auth_headers, make_task):
+def after_is_refused(response):
+    assert response.status_code == 422, response.json
+    assert list(response.json["errors"]["query"]) == ["after"]
+    return True
+
+
+# What a forger may put in a cursor: the issue's lone surrogate and NUL among them.
+FORGED = [
+    b64('["db9f1b137477d577","\\ud800",1]'),
+    b64('["db9f1b137477d577","a\\u0000b",1]'),
+    b64('["after",1,"db9f1b137477d577","x",1]'),
+    b64("[" * 5000),
+    "A" * 2049,
+]
+
+
+@pytest.mark.parametrize("sort", SORTS)
+def test_a_forged_or_tampered_cursor_is_a_422_naming_after(app, client, make_user, make_task, sort):
+    user = make_user()
     for _ in range(2):
-        make_task()
-    for sort in SORTS:
-        cursor = pagination(listing(client, auth_headers, page_size=1, sort=sort))["next_cursor"]
-        fingerprint, _value, task_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        for wrong in (True, [], {}, "x" * 201, 3, -1, "2026-01-01T00:00:00+00:00", 1.5):
-            forged = b64(json.dumps([fingerprint, wrong, task_id]))
-            response = client.get(f"/api/tasks?{urlencode({'sort': sort, 'after': forged})}", headers=auth_headers)
-            if response.status_code == 200:  # a title may be any short text, a priority any of three ranks
-                assert (sort.lstrip("-"), type(wrong)) in {("title", str)}, (sort, wrong)
-            else:
-                assert response.status_code == 422 and list(response.json["errors"]["query"]) == ["after"], (sort, wrong)
-        forged = b64(json.dumps([fingerprint, _value, 2**63]))
-        assert client.get(f"/api/tasks?{urlencode({'sort': sort, 'after': forged})}", headers=auth_headers).status_code == 422
+        make_task(headers=user["headers"])
+    cursor = pagination(listing(client, user["headers"], page_size=1, sort=sort))["next_cursor"]
+    tampered = [cursor[:-1] + ("A" if cursor[-1] != "A" else "B"), cursor[:20] + cursor[21:], cursor + "A", cursor[1:]]
+    for forged in FORGED + tampered:
+        assert after_is_refused(client.get(f"/api/tasks?{urlencode({'sort': sort, 'after': forged})}", headers=user["headers"]))
+    # Signed with the app's own key, values the service never makes are still refused.
+    owner = user["user"]["id"]
+    with app.app_context():
+        fingerprint = decode_cursor(cursor, "after")[1]
+        key = sort.lstrip("-")
+        wrong_values = [True, [], {}, 3.5]  # and, but for a title key (any text), strings it never makes
+        wrong_values += {"title": [], "priority": [-1, 3, None, "x"], "due_date": ["x", "2026-01-01T00:00:00+00:00"]}.get(
+            key,
+            [None, "x", "2026-01-01T00:00:00+00:00"],  # a due_date of null: a task without one
+        )
+        made = [encode_cursor("after", owner, fingerprint, wrong, 1) for wrong in wrong_values]
+        made += [encode_cursor("after", owner, fingerprint, decode_cursor(cursor, "after")[2], task_id) for task_id in (2**63, -1, "1")]
+        made += [encode_cursor("after", owner, fingerprint), encode_cursor("sync", owner, 1, 1, 0, 0)]
+    for forged in made:
+        response = client.get(f"/api/tasks?{urlencode({'sort': sort, 'after': forged})}", headers=user["headers"])
+        assert after_is_refused(response), forged
+
+
+def test_a_cursor_is_its_owners_alone(client, make_user, make_task):
+    owner, other = make_user(), make_user()
+    for _ in range(2):
+        make_task(headers=owner["headers"])
+        make_task(headers=other["headers"])
+    cursor = pagination(listing(client, owner["headers"], page_size=1))["next_cursor"]
+    response = client.get(f"/api/tasks?{urlencode({'after': cursor})}", headers=other["headers"])
+    assert after_is_refused(response)
+    assert response.json["errors"]["query"]["after"] == ["This cursor was made for another account."]
+
+
+# Titles whose sort keys are long once escaped or lower-cased; a cursor carries the key.
+LONG_TITLES = ["ж" * 149, "中" * 199, "é" * 199, "😀" * 199, "İ" * 199, "\x01" * 199, '"\\' * 99 + "a"]
+
+
+@pytest.mark.parametrize("sort", ["title", "-title"])
+@pytest.mark.parametrize("stem", LONG_TITLES, ids=range(len(LONG_TITLES)))
+def test_the_service_takes_back_every_cursor_it_makes(app, client, auth_headers, make_task, sort, stem):
+    made = {make_task(title=stem + end)["id"] for end in "ab"}
+    with app.app_context():
+        maximum = app.test_client().get("/openapi.json").json["paths"]["/api/tasks"]["get"]["parameters"]
+    maximum = next(p for p in maximum if p["name"] == "after")["schema"]["maxLength"]
+    first = listing(client, auth_headers, sort=sort, page_size=1)
+    cursor = pagination(first)["next_cursor"]
+    assert len(cursor) <= maximum
+    second = listing(client, auth_headers, sort=sort, page_size=1, after=cursor)
+    assert {first.json[0]["id"], second.json[0]["id"]} == made
+    assert "next_cursor" not in pagination(second)
+
+
+def test_the_longest_cursor_fits_the_documented_bound(app, client, auth_headers, make_task):
+    # The longest sort key once JSON-escaped: 200 control characters of six bytes each.
+    for _ in range(2):
+        make_task(title="\x01" * 200)
+    cursor = pagination(listing(client, auth_headers, sort="title", page_size=1))["next_cursor"]
+    assert 1600 < len(cursor) <= 2048
+    assert listing(client, auth_headers, sort="title", page_size=1, after=cursor).json[0]["title"] == "\x01" * 200

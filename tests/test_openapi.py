@@ -210,6 +210,30 @@ def test_every_request_example_succeeds_as_it_is(client, spec):
     }
 
 
+def test_the_examples_survive_the_readme_walk_through_and_toggling(client, spec):
+    """The README's walk-through signs ada@ up: the signup example is another account. Toggling
+    the created example in "Try it out" makes no second task: it does not recur."""
+    ada = client.post("/api/auth/signup", json={"email": "ada@example.com", "password": "correct horse battery"})
+    assert ada.status_code == 201
+    examples = {op["operationId"]: op for _p, _m, op in operations(spec) if "requestBody" in op}
+    signup = client.post("/api/auth/signup", json=examples["signup"]["requestBody"]["content"]["application/json"]["example"])
+    assert signup.status_code == 201, signup.json
+    headers = {"Authorization": f"Bearer {signup.json['access_token']}"}
+    created = client.post(
+        "/api/tasks", json=examples["createTask"]["requestBody"]["content"]["application/json"]["example"], headers=headers
+    )
+    assert created.status_code == 201
+    toggled = client.patch(f"/api/tasks/{created.json['id']}/complete", headers=headers)
+    assert toggled.status_code == 200 and "Link" not in toggled.headers
+    assert json.loads(client.get("/api/tasks", headers=headers).headers["X-Pagination"])["total"] == 1
+
+
+def test_the_bearer_scheme_tells_what_to_paste(spec):
+    scheme = spec["components"]["securitySchemes"]["bearerAuth"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    assert "alone" in scheme["description"] and "Bearer" in scheme["description"]
+
+
 def test_a_304_carries_the_etag(client, auth_headers, make_task):
     task = make_task()
     etag = client.get(f"/api/tasks/{task['id']}", headers=auth_headers).headers["ETag"]

@@ -276,14 +276,23 @@ def test_sigterm_lets_in_flight_requests_finish(serve):
 
 
 class Proxy:
-    """A TCP proxy on loopback in front of the database, which can be cut and restored."""
+    """A TCP proxy on loopback in front of the database, which can be cut and restored, or
+    stalled (connections stay open and are accepted, no byte goes through) and let flow again."""
 
     def __init__(self, target_port):
         self.target = ("127.0.0.1", target_port)
         self.port = free_port()
         self.connections = []
         self.listener = None
+        self.flowing = threading.Event()
+        self.flowing.set()
         self.restore()
+
+    def stall(self):
+        self.flowing.clear()
+
+    def flow(self):
+        self.flowing.set()
 
     def restore(self):
         self.listener = socket.socket()
@@ -315,10 +324,10 @@ class Proxy:
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source, sink):
+    def _pipe(self, source, sink):
         try:
             while data := source.recv(65536):
+                self.flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass
@@ -365,6 +374,51 @@ def test_database_outage_is_a_503_and_the_service_recovers(serve, tmp_path):
             time.sleep(0.1)
     assert in_a_row == 10
     assert [task["title"] for task in tasks] == ["before"]
+    assert call("POST", f"{base}/api/tasks", {"title": "after"}, headers)[0] == 201
+    proxy.cut()
+    with target.app_context():
+        db.session.execute(delete(User).where(User.email == email))
+        db.session.commit()
+        db.engine.dispose()
+
+
+def test_a_database_that_stalls_is_a_503_within_the_timeout_and_the_service_recovers(serve, tmp_path):
+    """Behind a proxy that holds the connections open and forwards nothing, no server-side
+    timeout fires: the service's own bound (DATABASE_TIMEOUT) answers 503, for pooled
+    connections and new ones alike, and serves again as soon as the database answers."""
+    require("PostgreSQL", POSTGRES_URL)
+    target = create_app(
+        {"SQLALCHEMY_DATABASE_URI": POSTGRES_URL, "JWT_SECRET_KEY": "x" * 32, "AUTO_MIGRATE": False}, instance_path=str(tmp_path)
+    )
+    drop_everything(POSTGRES_URL)
+    with target.app_context():
+        db.create_all()
+        proxy = Proxy(db.engine.url.port or 5432)
+        via_proxy = db.engine.url.set(port=proxy.port).render_as_string(hide_password=False)
+        db.engine.dispose()
+    base = serve(workers=2, database_url=via_proxy, DATABASE_TIMEOUT="2", GUNICORN_TIMEOUT="30")
+    email = f"stall-{uuid.uuid4().hex[:8]}@example.com"
+    headers = bearer(signup(base, email)["access_token"])
+    assert call("POST", f"{base}/api/tasks", {"title": "before"}, headers)[0] == 201
+
+    proxy.stall()
+    answers = []
+    for _ in range(3):  # a pooled connection first, then the new ones the pool makes
+        for method, path in (("GET", "/api/tasks"), ("GET", "/health"), ("POST", "/api/tasks")):
+            started = time.monotonic()
+            status, _, body = call(method, f"{base}{path}", {"title": "during"} if method == "POST" else None, headers, timeout=20)
+            answers.append((status, time.monotonic() - started))
+            assert status == 503, body
+            assert {key: body[key] for key in ("code", "status")} == {"code": 503, "status": "Service Unavailable"}
+    assert max(seconds for _, seconds in answers) < 2 + 1.5, answers  # the bound, and a little for the watcher's tick
+
+    proxy.flow()
+    deadline, in_a_row = time.monotonic() + 15, 0
+    while in_a_row < 10 and time.monotonic() < deadline:
+        status, _, tasks = call("GET", f"{base}/api/tasks", headers=headers)
+        in_a_row = in_a_row + 1 if status == 200 else 0
+    assert in_a_row == 10
+    assert [task["title"] for task in tasks] == ["before"]  # nothing half-written while it stalled
     assert call("POST", f"{base}/api/tasks", {"title": "after"}, headers)[0] == 201
     proxy.cut()
     with target.app_context():

@@ -2,12 +2,11 @@
 order, with tombstones, paged; and the guarantee that no change is skipped."""
 
 import base64
-import json
 
 import pytest
 from sqlalchemy import update
 
-from todo_api import Task, db, encode_cursor, next_change, utcnow
+from todo_api import Task, db, decode_cursor, encode_cursor, next_change, utcnow
 
 
 def sync(client, headers, cursor=None, limit=None):
@@ -200,13 +199,63 @@ def test_limit_takes_1_to_1000(client, auth_headers, make_task):
 
 
 @pytest.mark.config(SYNC_RETENTION_DAYS=30)
-def test_a_cursor_older_than_the_sync_retention_is_410_gone(client, auth_headers, make_task):
+def test_a_cursor_older_than_the_sync_retention_is_410_gone(app, client, auth_headers, make_task):
     make_task()
     cursor = sync(client, auth_headers)["cursor"]
-    values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    values[3] -= 30 * 86_400 + 60  # issued 30 days and a minute ago
-    response = client.get("/api/tasks/changes", query_string={"cursor": encode_cursor(values)}, headers=auth_headers)
+    with app.app_context():
+        owner, *values = decode_cursor(cursor, "sync")
+        values[3] -= 30 * 86_400 + 60  # issued 30 days and a minute ago
+        old = encode_cursor("sync", owner, *values)
+        values[3] += 120  # 29 days, 23 hours and 59 minutes
+        recent = encode_cursor("sync", owner, *values)
+    response = client.get("/api/tasks/changes", query_string={"cursor": old}, headers=auth_headers)
     assert response.status_code == 410
     assert response.json["code"] == 410 and response.json["status"] == "Gone" and "without a cursor" in response.json["message"]
-    values[3] += 120  # 29 days, 23 hours and 59 minutes
-    assert client.get("/api/tasks/changes", query_string={"cursor": encode_cursor(values)}, headers=auth_headers).status_code == 200
+    assert client.get("/api/tasks/changes", query_string={"cursor": recent}, headers=auth_headers).status_code == 200
+
+
+def test_a_cursor_is_gone_for_any_other_account(client, make_user, make_task):
+    owner, other = make_user(), make_user()
+    make_task(headers=owner["headers"])
+    cursor = sync(client, owner["headers"])["cursor"]
+    response = client.get("/api/tasks/changes", query_string={"cursor": cursor}, headers=other["headers"])
+    assert response.status_code == 410
+    assert response.json["code"] == 410 and "another account" in response.json["message"]
+
+
+def test_a_deleted_accounts_cursor_is_gone_for_the_account_that_takes_its_email(client, make_user):
+    """The new account's change numbers start again from zero: the old cursor would hide its tasks."""
+    first = make_user(email="again@example.com")
+    for title in ("a", "b", "c"):
+        assert client.post("/api/tasks", json={"title": title}, headers=first["headers"]).status_code == 201
+    cursor = sync(client, first["headers"])["cursor"]
+    assert client.delete("/api/auth/me", headers=first["headers"]).status_code == 204
+    second = make_user(email="again@example.com")
+    for title in ("d", "e"):
+        assert client.post("/api/tasks", json={"title": title}, headers=second["headers"]).status_code == 201
+    response = client.get("/api/tasks/changes", query_string={"cursor": cursor}, headers=second["headers"])
+    assert response.status_code == 410, response.json
+    assert {task["title"] for task in sync(client, second["headers"])["changes"]} == {"d", "e"}
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [b64("[1,0,0,0,0]"), b64('["sync",1,0,0,0,0]'), b64('["sync",1,"\\ud800",0,0,0]'), b64('["sync",1,0,0,0,"a\\u0000"]')],
+)
+def test_a_forged_cursor_is_a_422_whatever_it_holds(client, auth_headers, forged):
+    response = client.get("/api/tasks/changes", query_string={"cursor": forged}, headers=auth_headers)
+    assert response.status_code == 422, response.json
+    assert list(response.json["errors"]["query"]) == ["cursor"]
+
+
+def test_a_signed_cursor_with_values_the_service_never_makes_is_a_422(app, client, make_user):
+    user = make_user()
+    owner = user["user"]["id"]
+    with app.app_context():
+        made = [
+            encode_cursor("sync", owner, *values) for values in ([1, 2], [-1, 0, 0, 0], [0, 0, 0, "x"], [2**63, 0, 0, 0], [0, 0, 0, 0, 0])
+        ]
+        made += [encode_cursor("after", owner, 0, 0, 0, 0), encode_cursor("sync", "1", 0, 0, 0, 0)]
+    for cursor in made:
+        response = client.get("/api/tasks/changes", query_string={"cursor": cursor}, headers=user["headers"])
+        assert response.status_code == 422, (cursor, response.json)

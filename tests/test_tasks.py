@@ -1,5 +1,6 @@
 """Tasks: create, read, replace, change, toggle, delete; validation tables; conditional requests."""
 
+import json
 from datetime import datetime
 
 import marshmallow as ma
@@ -442,3 +443,31 @@ def test_every_write_path_keeps_the_derived_fields_tag_rows_and_counter(app, cli
     assert change == writes and tombstones == [(ids[2], writes - 2)]
     assert {task.id: task.change_seq for task in [*tasks, *in_trash]} == {ids[0]: 4, ids[1]: 6, trashed: writes}
     assert {task.title: task.tags for task in tasks} == {"Put": ["w", "y"], "Patched": ["v"]}
+
+
+# --- text that case mapping lengthens ---
+
+
+# "İ".lower() is two code points; a title or tag of them has a key twice its length.
+@pytest.mark.parametrize("title", ["İ" * 200, "İ" * 150 + "ß" * 50, "ﬃ" * 200])
+def test_a_title_whose_key_is_longer_than_itself_is_stored_sorted_searched_and_paged(client, auth_headers, make_task, title):
+    made = [make_task(title=title[:-1] + end) for end in "ab"]
+    assert [task["title"] for task in made] == [title[:-1] + "a", title[:-1] + "b"]
+    for sort in ("title", "-title"):
+        first = client.get(f"/api/tasks?sort={sort}&page_size=1", headers=auth_headers)
+        assert first.status_code == 200
+        after = json.loads(first.headers["X-Pagination"])["next_cursor"]
+        second = client.get(f"/api/tasks?sort={sort}&page_size=1&after={after}", headers=auth_headers)
+        assert second.status_code == 200, second.json
+        assert {first.json[0]["id"], second.json[0]["id"]} == {task["id"] for task in made}
+    found = client.get("/api/tasks", query_string={"q": title[:100].lower()}, headers=auth_headers)
+    assert found.status_code == 200 and len(found.json) == 2
+
+
+def test_a_tag_whose_lower_case_is_longer_than_itself_is_stored_and_filtered(client, auth_headers, make_task):
+    task = make_task(tags=["İ" * 50, "ß" * 50])
+    assert task["tags"] == sorted(["i̇" * 50, "ß" * 50])
+    response = client.get("/api/tasks", query_string={"tag": "İ" * 50}, headers=auth_headers)
+    assert response.status_code == 200 and [found["id"] for found in response.json] == [task["id"]]
+    replaced = client.put(f"/api/tasks/{task['id']}", json={"title": "t", "tags": ["İ" * 49 + "x"]}, headers=auth_headers)
+    assert replaced.status_code == 200 and replaced.json["tags"] == ["i̇" * 49 + "x"]
