@@ -294,36 +294,53 @@ def ping_connections_idle_for(engine, seconds):
                 raise DisconnectionError("a pooled connection failed its ping") from error
 
 
-def limit_database_waits(engine, seconds):
-    """A request holds a database connection at most `seconds` (DATABASE_TIMEOUT): past that, a
-    watcher thread shuts its socket down. A database that stalls (connections open, no bytes
-    back) leaves the request blocked in a read that no server-side timeout can end; the shut
-    socket ends it at once, the driver reports the connection lost (a 503), and the pool
-    replaces it. Connections used outside requests (migrations, the CLI) are not watched."""
-    held, lock, watcher = {}, threading.Lock(), {"pid": None}
+class ConnectionDeadlines:
+    """Request connections held past their deadline, cut by one watcher thread per process (for
+    every engine of it: the test suite makes many)."""
 
-    def cut_overdue():
+    TICK = 0.1  # seconds between looks: a connection is cut at most this late
+
+    def __init__(self):
+        self.held, self.lock, self.pid = {}, threading.Lock(), None
+
+    def start(self, record, dbapi_connection, seconds, driver_error):
+        if self.pid != os.getpid():  # this process's first request (gunicorn forks after loading the app)
+            self.pid = os.getpid()
+            threading.Thread(target=self.cut_overdue, name="database-timeout", daemon=True).start()
+        with self.lock:
+            self.held[record] = (time.monotonic() + seconds, dbapi_connection, driver_error)
+
+    def stop(self, record):
+        with self.lock:
+            self.held.pop(record, None)
+
+    def cut_overdue(self):
         while True:
-            time.sleep(min(0.1, seconds / 4))
-            with lock:
-                overdue = [record for record, (deadline, _) in held.items() if deadline <= time.monotonic()]
-                for record in overdue:
-                    shut_down(held.pop(record)[1], engine.dialect.loaded_dbapi.Error)
+            time.sleep(self.TICK)
+            with self.lock:
+                now = time.monotonic()
+                for record in [record for record, (deadline, *_) in self.held.items() if deadline <= now]:
+                    shut_down(*self.held.pop(record)[1:])
+
+
+CONNECTION_DEADLINES = ConnectionDeadlines()
+
+
+def limit_database_waits(engine, seconds):
+    """A request holds a database connection at most `seconds` (DATABASE_TIMEOUT): past that, its
+    socket is shut down. A database that stalls (connections open, no bytes back) leaves the
+    request blocked in a read that no server-side timeout can end; the shut socket ends it at
+    once, the driver reports the connection lost (a 503), and the pool replaces it. Connections
+    used outside requests (migrations, the CLI) are not watched."""
 
     @event.listens_for(engine, "checkout")
     def start_clock(dbapi_connection, record, _proxy):
-        if not has_request_context():
-            return
-        if watcher["pid"] != os.getpid():  # the first request of this process (gunicorn forks after loading the app)
-            watcher["pid"] = os.getpid()
-            threading.Thread(target=cut_overdue, name="database-timeout", daemon=True).start()
-        with lock:
-            held[record] = (time.monotonic() + seconds, dbapi_connection)
+        if has_request_context():
+            CONNECTION_DEADLINES.start(record, dbapi_connection, seconds, engine.dialect.loaded_dbapi.Error)
 
     @event.listens_for(engine, "checkin")
     def stop_clock(_dbapi_connection, record):
-        with lock:
-            held.pop(record, None)
+        CONNECTION_DEADLINES.stop(record)
 
 
 def shut_down(dbapi_connection, driver_error):
@@ -725,7 +742,8 @@ def parse_recurrence(text):
             match = BYDAY_ITEM.fullmatch(item)
             if not match:
                 raise RecurrenceError(
-                    "BYDAY takes MO, TU, WE, TH, FR, SA or SU, comma-separated (with an ordinal such as 2TU or -1FR for MONTHLY and YEARLY)."
+                    "BYDAY takes MO, TU, WE, TH, FR, SA or SU, comma-separated "
+                    "(with an ordinal such as 2TU or -1FR for MONTHLY and YEARLY)."
                 )
             ordinal, day = match.groups()
             if ordinal is None:
@@ -756,10 +774,10 @@ def parse_recurrence(text):
 
 
 def with_start_defaults(rule, start):
-    """The rule with what rrule takes from its start when the rule leaves it out spelled out
-    (dateutil's defaults: the start's time of day; its day of the month, month or weekday),
-    weeks starting on Monday: so its days can be found in any month or year alone."""
-    rule = {**rule, "wkst": rrule_module.MO, "byhour": start.hour, "byminute": start.minute, "bysecond": start.second}
+    """The rule with the days rrule takes from its start when the rule names none spelled out
+    (dateutil's defaults: the start's day of the month, and month, or weekday), so that its days
+    can be found in any month or year alone. (The time of day is the start's too.)"""
+    rule = dict(rule)
     if "bymonthday" not in rule and "byweekday" not in rule:
         if rule["freq"] == rrule_module.YEARLY:
             rule.setdefault("bymonth", [start.month])
@@ -839,7 +857,7 @@ def first_after(rule, due):
             if (found := first_of(days_of(year)[0], date(year, 1, 1).toordinal())) is not None:
                 return found
         return None
-    monday = today - start.weekday()  # weekly: the periods are weeks from the start's Monday
+    monday = today - start.weekday()  # weekly: the periods are weeks from the start's Monday (rrule's default WKST)
     months = range(start.year * 12 + start.month - 1, end.year * 12 + end.month, interval if freq == rrule_module.MONTHLY else 1)
     for index in months:
         year, month = divmod(index, 12)
@@ -992,7 +1010,10 @@ class TagList(fields.List):
 
     def __init__(self, **kwargs):
         tag = PlainText(trimmed=(1, 50))
-        description = "Up to 20 tags of 1-50 characters each after trimming (at most 100 as sent); stored lower-cased, de-duplicated and sorted. Default on POST and PUT: []."
+        description = (
+            "Up to 20 tags of 1-50 characters each after trimming (at most 100 as sent); stored lower-cased, de-duplicated "
+            "and sorted. Default on POST and PUT: []."
+        )
         super().__init__(tag, metadata={"maxItems": 20, "description": description}, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
@@ -2794,6 +2815,8 @@ def create_app(test_config=None, instance_path=None):
     app.config.from_prefixed_env()  # FLASK_<KEY> for every key
     app.config.update(test_config or {})
 
+    if not app.config["DATABASE_TIMEOUT"] > 0:
+        raise ConfigError("DATABASE_TIMEOUT must be a number of seconds above 0.")
     os.makedirs(app.instance_path, exist_ok=True)
     app.config["SQLALCHEMY_DATABASE_URI"] = database_uri(app.config["SQLALCHEMY_DATABASE_URI"])
     app.config["JWT_SECRET_KEY"] = load_jwt_secret(app)

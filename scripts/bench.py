@@ -110,7 +110,9 @@ wrk.body = {body}
 wrk.headers["Content-Type"] = "application/json"
 {headers}
 done = function(summary, latency, requests)
-  io.write(string.format("RESULT %d %d %f %f\\n", summary.requests, summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, latency:percentile(50), latency:percentile(99)))
+  local errors = summary.errors
+  local failed = errors.status + errors.connect + errors.read + errors.write + errors.timeout
+  io.write(string.format("RESULT %d %d %f %f\\n", summary.requests, failed, latency:percentile(50), latency:percentile(99)))
 end
 """
 
@@ -290,9 +292,11 @@ def main():
                 ("POST /api/tasks, replayed Idempotency-Key", app, "POST", "/api/tasks", fresh_body, keyed_headers),
                 ("GET /api/tasks/<id>", app, "GET", f"/api/tasks/{task['id']}", None, small_headers),
                 ("GET /api/tasks/changes, up-to-date cursor", app, "GET", f"/api/tasks/changes?cursor={up_to_date}", None, syncer_headers),
-                ("GET /api/tasks/changes, page of 100 changes", app, "GET", f"/api/tasks/changes?cursor={before_changes}&limit=100", None, syncer_headers),
+                ("GET /api/tasks/changes, page of 100 changes", app, "GET", f"/api/tasks/changes?cursor={before_changes}&limit=100",
+                 None, syncer_headers),
                 ("PATCH /api/tasks/<id>/complete", app, "PATCH", f"/api/tasks/{task['id']}/complete", None, small_headers),
-                ("POST /api/auth/login (argon2id)", app, "POST", "/api/auth/login", {"email": "small@bench.example.com", "password": PASSWORD}, {}),
+                ("POST /api/auth/login (argon2id)", app, "POST", "/api/auth/login",
+                 {"email": "small@bench.example.com", "password": PASSWORD}, {}),
             ]  # fmt: skip
             if args.scale_tasks:
                 big = request("POST", app.base + "/api/auth/login", {"email": "big@bench.example.com", "password": PASSWORD})
@@ -303,7 +307,8 @@ def main():
                 scenarios += [
                     ("scale: 100-task user, page 1", app, "GET", "/api/tasks", None, small_headers),
                     (f"scale: {args.big_user_tasks:,}-task user, page 1", app, "GET", "/api/tasks", None, big_headers),
-                    (f"scale: {args.big_user_tasks:,}-task user, page {args.deep_page:,}", app, "GET", f"/api/tasks?page={args.deep_page}", None, big_headers),
+                    (f"scale: {args.big_user_tasks:,}-task user, page {args.deep_page:,}", app, "GET",
+                     f"/api/tasks?page={args.deep_page}", None, big_headers),
                     (f"scale: same page {args.deep_page:,} by after", app, "GET", f"/api/tasks?after={deep_cursor}", None, big_headers),
                 ]  # fmt: skip
 
@@ -326,8 +331,8 @@ def main():
             if args.recycle_after:
                 # Workers replaced every ~recycle_after requests: with preload_app a new worker is a
                 # fork of the master, ready at once; p99 shows whether its users notice.
-                recycler = Gunicorn("wsgi:app", {**env, "FLASK_AUTO_MIGRATE": "false"},
-                                    extra=["--max-requests", str(args.recycle_after), "--max-requests-jitter", str(args.recycle_after // 10)])  # fmt: skip
+                recycling = ["--max-requests", str(args.recycle_after), "--max-requests-jitter", str(args.recycle_after // 10)]
+                recycler = Gunicorn("wsgi:app", {**env, "FLASK_AUTO_MIGRATE": "false"}, extra=recycling)
                 servers.append(recycler)
                 path = f"/api/tasks/{task['id']}"
                 generate(recycler.base + path, "GET", None, small_headers, 1, args.connections, tmp)
@@ -347,7 +352,8 @@ def main():
     floors = [r["cpu_ms"] for r in results["floor: bare Flask JSON route"]]
     ratios = {name: [r["cpu_ms"] / floor for r, floor in zip(runs, floors, strict=True)] for name, runs in results.items()}
     print(f"\ntodo-api benchmark — {'PostgreSQL' if postgres else 'SQLite'}, gunicorn 2 workers, {generate.__name__[4:]} client, "
-          f"{args.connections} connections, {args.rounds} interleaved rounds of {args.seconds:g} s per endpoint, {os.cpu_count()} cores")  # fmt: skip
+          f"{args.connections} connections, {args.rounds} interleaved rounds of {args.seconds:g} s per endpoint, "
+          f"{os.cpu_count()} cores")  # fmt: skip
     print("Medians over the rounds, (ranges); the CPU ratio is to the same round's floor.\n")
     print(f"{'endpoint':44} {'req/s':>16} {'p50 ms':>18} {'p99 ms':>18} {'CPU ms/req':>20} {'x floor':>18} {'errors':>6}")
     for name, runs in results.items():
@@ -370,8 +376,10 @@ def main():
         ("POST /api/tasks ≤ 7.0× floor (issue 11)", median("POST /api/tasks (two tags)"), 7.0),
         ("GET /api/tasks/<id> ≤ 4.8× floor (issue 11)", median("GET /api/tasks/<id>"), 4.8),
         ("RSS per worker ≤ 64 MB", max(rss), 64.0),
-        ("sync, up-to-date cursor ÷ GET /api/tasks/<id> ≤ 1.2 (issue 13)", cpu("GET /api/tasks/changes, up-to-date cursor") / cpu("GET /api/tasks/<id>"), 1.2),
-        ("replayed keyed POST ÷ fresh POST ≤ 1.0 (issue 13)", cpu("POST /api/tasks, replayed Idempotency-Key") / cpu("POST /api/tasks (two tags)"), 1.0),
+        ("sync, up-to-date cursor ÷ GET /api/tasks/<id> ≤ 1.2 (issue 13)",
+         cpu("GET /api/tasks/changes, up-to-date cursor") / cpu("GET /api/tasks/<id>"), 1.2),
+        ("replayed keyed POST ÷ fresh POST ≤ 1.0 (issue 13)",
+         cpu("POST /api/tasks, replayed Idempotency-Key") / cpu("POST /api/tasks (two tags)"), 1.0),
     ]  # fmt: skip
     if postgres:
         checks = checks[3:]  # the floor bounds are SQLite's; on PostgreSQL the round trips are the measure

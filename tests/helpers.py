@@ -1,6 +1,8 @@
 """Helpers shared by the test modules (fixtures live in conftest.py)."""
 
+import base64
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -31,6 +33,16 @@ TASK_KEYS = {
 
 def bearer(token):
     return {"Authorization": f"Bearer {token}"}
+
+
+def pagination(response):
+    """A listing answer's X-Pagination header, decoded."""
+    return json.loads(response.headers["X-Pagination"])
+
+
+def b64(text):
+    """Text as base64url without padding: what a cursor looks like, but not one the service made."""
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
 
 
 LOCK_WAITS = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")

@@ -23,6 +23,13 @@ def test_short_configured_jwt_secret_stops_the_service(config, tmp_path):
         create_app(config, instance_path=str(tmp_path))
 
 
+@pytest.mark.parametrize("seconds", [0, -1])
+def test_a_database_timeout_that_is_not_above_zero_stops_the_service(config, tmp_path, seconds):
+    config["DATABASE_TIMEOUT"] = seconds
+    with pytest.raises(ConfigError, match="DATABASE_TIMEOUT"):
+        create_app(config, instance_path=str(tmp_path))
+
+
 def test_generated_jwt_secret_is_kept_private_and_shared(app, config, tmp_path):
     del config["JWT_SECRET_KEY"]  # `app` made the tables; these two share its database
     first = create_app(config, instance_path=str(tmp_path))

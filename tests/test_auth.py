@@ -1,7 +1,6 @@
 """Accounts and sessions: signup, login, refresh rotation, logout, me, password, deletion,
 every way a token can be refused, and the brute-force limits."""
 
-import base64
 import json
 import time
 from datetime import datetime, timedelta
@@ -14,7 +13,7 @@ from flask_jwt_extended import create_access_token, decode_token
 from sqlalchemy import delete, func, select, update
 
 import todo_api
-from helpers import PASSWORD, POSTGRES, another_worker, bearer, recorded_selects, request_held_up
+from helpers import PASSWORD, POSTGRES, another_worker, b64, bearer, recorded_selects, request_held_up
 from todo_api import Task, User, UserSession, db
 
 TOKEN_PAIR_KEYS = {"access_token", "refresh_token", "token_type", "expires_in", "user"}
@@ -347,8 +346,8 @@ def test_delete_account_needs_a_fresh_token(client, make_user):
 # --- every way a token is refused ---
 
 
-def b64(data):
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+def b64_json(data):
+    return b64(json.dumps(data))
 
 
 def claims_of(app, token):
@@ -368,7 +367,7 @@ def claims_of(app, token):
         pytest.param(lambda app, user: {"Authorization": f"Bearer {user['access_token']}, Bearer x"}, id="two bearer tokens"),
         pytest.param(lambda app, user: bearer("a.b.c"), id="three garbage segments"),
         pytest.param(
-            lambda app, user: bearer(b64({"alg": "none", "typ": "JWT"}) + "." + b64(claims_of(app, user["access_token"])) + "."),
+            lambda app, user: bearer(b64_json({"alg": "none", "typ": "JWT"}) + "." + b64_json(claims_of(app, user["access_token"])) + "."),
             id="alg none",
         ),
         pytest.param(

@@ -1,21 +1,16 @@
 """Keyset pages: next_cursor in X-Pagination, ?after= to go on in the same order and filters,
 with no repeats and no skips while tasks come and go."""
 
-import base64
-import json
 from datetime import datetime
 from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import update
 
+from helpers import b64, pagination
 from todo_api import SORT_KEYS, Task, db, decode_cursor, encode_cursor
 
 SORTS = [f"{direction}{key}" for key in SORT_KEYS for direction in ("", "-")]
-
-
-def pagination(response):
-    return json.loads(response.headers["X-Pagination"])
 
 
 def listing(client, headers, **query):
@@ -113,10 +108,6 @@ def test_only_a_page_followed_by_more_carries_next_cursor(client, auth_headers, 
     assert "next_cursor" in pagination(listing(client, auth_headers, page_size=1))
     assert "next_cursor" not in pagination(listing(client, auth_headers, page_size=1, page=2))
     assert "next_cursor" not in pagination(listing(client, auth_headers, page_size=1, page=9))
-
-
-def b64(text):
-    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
 
 
 def test_after_with_page_or_a_cursor_for_another_listing_is_a_422_naming_after(client, auth_headers, make_task):

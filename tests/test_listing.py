@@ -1,23 +1,18 @@
 """Listing: filters, search, sort orders and their ties, pagination with X-Pagination and Link."""
 
-import json
 import re
 from datetime import datetime
 
 import pytest
 from sqlalchemy import insert, literal, select, true
 
-from helpers import recorded_selects
+from helpers import pagination, recorded_selects
 from todo_api import SORT_KEYS, Task, TaskTag, db, listing_statements
 
 
 def ids(response):
     assert response.status_code == 200, response.json
     return [task["id"] for task in response.json]
-
-
-def pagination(response):
-    return json.loads(response.headers["X-Pagination"])
 
 
 @pytest.fixture

@@ -1,6 +1,10 @@
 """The migrations build exactly the models' schema, keep data, and run at start."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -150,7 +154,8 @@ def test_upgrading_keeps_the_users_and_stops_reusing_their_ids(bare_app):
         for n in (1, 2):
             db.session.execute(
                 text(
-                    f"INSERT INTO users (id, email, name, password_hash, created_at) VALUES ({n}, 'u{n}@example.com', '', 'x', '2026-01-01')"
+                    "INSERT INTO users (id, email, name, password_hash, created_at) "
+                    f"VALUES ({n}, 'u{n}@example.com', '', 'x', '2026-01-01')"
                 )
             )
         insert_task_of_old_schema(1, "kept")
@@ -182,3 +187,19 @@ def test_upgrading_gives_existing_tasks_a_description_key(bare_app):
         db.session.rollback()
         downgrade(revision="3f6a2d1c8b90")
         assert db.session.execute(text("SELECT search_key FROM tasks")).scalars().all() == ["title\x1fünïcode desc"]
+
+
+def test_a_fresh_upgrade_from_the_command_line_prints_no_warning(tmp_path):
+    """`flask db upgrade` on a new SQLite database (the app migrates it as it starts) says no warning."""
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}", "PYTHONWARNINGS": "default"}
+    env.pop("TEST_DATABASE_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "todo_api", "db", "upgrade"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stdout + result.stderr, result.stderr

@@ -1,11 +1,10 @@
 """Incremental sync, GET /api/tasks/changes: a full sync, then only what changed, in commit
 order, with tombstones, paged; and the guarantee that no change is skipped."""
 
-import base64
-
 import pytest
 from sqlalchemy import update
 
+from helpers import b64
 from todo_api import Task, db, decode_cursor, encode_cursor, next_change, utcnow
 
 
@@ -169,10 +168,6 @@ def test_other_users_changes_never_show(client, auth_headers, other_auth_headers
     client.delete(f"/api/tasks/{theirs['id']}", headers=other_auth_headers)
     assert replica.pull() == []
     assert client.get("/api/tasks/changes").status_code == 401
-
-
-def b64(text):
-    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
 
 
 @pytest.mark.parametrize(

@@ -1,18 +1,13 @@
 """The trash: DELETE moves a task there; it can be listed, restored, deleted for good, and it
 expires after TRASH_RETENTION_DAYS."""
 
-import json
 from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from helpers import POSTGRES, another_worker, request_held_up
+from helpers import POSTGRES, another_worker, pagination, request_held_up
 from todo_api import IdempotencyKey, Task, TaskTombstone, User, db, purge, utcnow
-
-
-def pagination(response):
-    return json.loads(response.headers["X-Pagination"])
 
 
 def trash(client, headers, query=""):
