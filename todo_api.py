@@ -28,7 +28,6 @@ import threading
 import time
 import unicodedata
 import uuid
-import warnings
 from collections import Counter, defaultdict
 from datetime import UTC, date, datetime, timedelta
 from functools import wraps
@@ -73,14 +72,12 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     SmallInteger,
     String,
     Text,
     and_,
     bindparam,
     cast,
-    create_engine,
     delete,
     event,
     exists,
@@ -97,7 +94,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError, SAWarning
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, validates
 from sqlalchemy.orm.exc import StaleDataError
 from swagger_ui_bundle import swagger_ui_path
@@ -118,7 +115,7 @@ class Config:
     AUTO_MIGRATE = True  # apply migrations at start (one process at a time); see create_app
     DB_POOL_SIZE = 5  # connections kept open per process
     DB_MAX_OVERFLOW = 5  # extra connections under bursts
-    DB_PING_AFTER_IDLE = 30  # seconds: a pooled connection idle this long is checked before reuse
+    DB_PING_AFTER_IDLE = 30.0  # seconds: a pooled connection idle this long is checked before reuse
     DATABASE_TIMEOUT = 5.0  # seconds: the longest a request waits on the database (see limit_database_waits)
 
     JWT_SECRET_KEY = None  # generated once into the instance folder when not configured
@@ -128,8 +125,8 @@ class Config:
     JWT_ACCESS_TOKEN_EXPIRES = 900
     JWT_REFRESH_TOKEN_EXPIRES = 2_592_000
     MAX_CONTENT_LENGTH = 1024 * 1024
-    TRASH_RETENTION_DAYS = 30  # a deleted task stays restorable this long
-    SYNC_RETENTION_DAYS = 30  # a sync cursor stays usable this long (tombstones are kept a day longer)
+    TRASH_RETENTION_DAYS = 30.0  # a deleted task stays restorable this long
+    SYNC_RETENTION_DAYS = 30.0  # a sync cursor stays usable this long (tombstones are kept a day longer)
     IDEMPOTENCY_TTL = 86_400  # seconds an Idempotency-Key's answer is kept
 
     CORS_ORIGINS = ""
@@ -156,23 +153,18 @@ class Config:
     }
 
 
-ENV_SETTINGS = {  # environment variable -> how to read it
-    "JWT_SECRET_KEY": str,
-    "JWT_ACCESS_TOKEN_EXPIRES": int,
-    "JWT_REFRESH_TOKEN_EXPIRES": int,
-    "MAX_CONTENT_LENGTH": int,
-    "CORS_ORIGINS": str,
-    "TRUSTED_PROXIES": int,
-    "RATELIMIT_STORAGE_URI": str,
-    "RATELIMIT_ENABLED": lambda value: value.strip().lower() not in {"0", "false", "no", "off"},
-    "DB_POOL_SIZE": int,
-    "DB_MAX_OVERFLOW": int,
-    "DATABASE_TIMEOUT": float,
-    "DB_PING_AFTER_IDLE": float,
-    "TRASH_RETENTION_DAYS": float,
-    "SYNC_RETENTION_DAYS": float,
-    "IDEMPOTENCY_TTL": int,
-}
+def read_environment(config):
+    """Every setting of Config with a plain default (text, a number, true or false) is also read
+    from the environment variable of its name, as that default's type."""
+    for name, default in vars(Config).items():
+        if name.isupper() and name in os.environ and (default is None or isinstance(default, str | int | float)):
+            value = os.environ[name]
+            if isinstance(default, bool):
+                config[name] = value.strip().lower() not in {"0", "false", "no", "off"}
+            elif isinstance(default, int | float):
+                config[name] = type(default)(value)
+            else:
+                config[name] = value
 
 
 class ConfigError(RuntimeError):
@@ -357,6 +349,7 @@ def shut_down(dbapi_connection, driver_error):
 # Ids are 64-bit on PostgreSQL; SQLite's INTEGER PRIMARY KEY already is.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 MAX_ID = 2**63 - 1
+TASK_ID = f"<int(max={MAX_ID}):task_id>"  # in a route: werkzeug answers 404 for an id no database holds
 PRIORITIES = ("low", "medium", "high")  # stored as their index, so they sort low < medium < high
 
 
@@ -2099,13 +2092,13 @@ OWN_TASK_ROW = select(*TASK_COLUMNS).where(Task.id == bindparam("task_id"), Task
 def get_own_task_or_404(task_id):
     """The caller's task, to change, locked until the commit. Another user's task, or an id no
     database holds, is a 404."""
-    return found_or_404(db.session.scalar(OWN_TASK, {"task_id": task_id, "user_id": current_user.id}) if task_id <= MAX_ID else None)
+    return found_or_404(db.session.scalar(OWN_TASK, {"task_id": task_id, "user_id": current_user.id}))
 
 
 def read_own_task_or_404(task_id):
     """The caller's task as a row, to read: cheaper than an ORM object. Else as get_own_task_or_404."""
     params = {"task_id": task_id, "user_id": current_user.id}
-    return found_or_404(db.session.connection().execute(OWN_TASK_ROW, params).first() if task_id <= MAX_ID else None)
+    return found_or_404(db.session.connection().execute(OWN_TASK_ROW, params).first())
 
 
 def found_or_404(task):
@@ -2216,6 +2209,11 @@ def request_hash():
     return hashlib.sha256(f"{request.method} {request.path}\n".encode() + body).hexdigest()
 
 
+def in_flight_lock(user_id, key):
+    """The PostgreSQL advisory lock (a signed 64-bit number) that marks a user's key in flight."""
+    return int.from_bytes(hashlib.blake2b(f"{user_id}:{key}".encode(), digest_size=8).digest(), "big", signed=True)
+
+
 def stored_answer(key, fingerprint):
     """The stored answer to an earlier request with this key, or None to serve this one.
 
@@ -2228,8 +2226,7 @@ def stored_answer(key, fingerprint):
     stored = db.session.scalar(STORED_ANSWER, {"user_id": current_user.id, "key": key})
     connection = db.session.connection()
     if not is_fresh(stored) and connection.dialect.name == "postgresql":
-        lock = int.from_bytes(hashlib.blake2b(f"{current_user.id}:{key}".encode(), digest_size=8).digest(), "big", signed=True)
-        if not connection.execute(select(func.pg_try_advisory_xact_lock(lock))).scalar():
+        if not connection.execute(select(func.pg_try_advisory_xact_lock(in_flight_lock(current_user.id, key)))).scalar():
             abort(409, message="A request with this Idempotency-Key is still being served; retry later.")
         stored = db.session.scalar(STORED_ANSWER.execution_options(populate_existing=True), {"user_id": current_user.id, "key": key})
     if stored is not None and not is_fresh(stored):
@@ -2321,7 +2318,7 @@ def created(task):
     return task, {**headers, "Location": url_for("tasks.TaskById", task_id=task.id)}
 
 
-@tasks.route("/<int:task_id>")
+@tasks.route(f"/{TASK_ID}")
 class TaskById(OwnTasksView):
     @tasks.response(200, TaskSchema, headers=ETAG_HEADER)
     @tasks.alt_response(304, description="Not Modified: If-None-Match names the task's current ETag.", headers=ETAG_HEADER)
@@ -2369,7 +2366,7 @@ class TaskById(OwnTasksView):
         task.deleted_at = utcnow()
 
 
-@tasks.route("/<int:task_id>/complete")
+@tasks.route(f"/{TASK_ID}/complete")
 class TaskCompletion(OwnTasksView):
     @transaction(idempotent=True)
     @tasks.response(200, TaskSchema, headers={**ETAG_HEADER, **NEXT_OCCURRENCE_HEADER, **REPLAYED_HEADER})
@@ -2537,7 +2534,7 @@ class Trash(OwnTasksView):
         delete_for_good(db.session.connection(), [Task.user_id == current_user.id], current_user.id)
 
 
-@trash.route("/<int:task_id>")
+@trash.route(f"/{TASK_ID}")
 class TrashedTask(OwnTasksView):
     @transaction()
     @trash.response(204)
@@ -2547,11 +2544,11 @@ class TrashedTask(OwnTasksView):
         """Delete a task in the trash for good"""
         connection = db.session.connection()
         where = [Task.id == task_id, Task.user_id == current_user.id, Task.deleted_at > trash_cutoff()]
-        if task_id > MAX_ID or not delete_for_good(connection, where, current_user.id):
+        if not delete_for_good(connection, where, current_user.id):
             abort(404, message="No such task in your trash.")
 
 
-@trash.route("/<int:task_id>/restore")
+@trash.route(f"/{TASK_ID}/restore")
 class TaskRestore(OwnTasksView):
     @transaction(idempotent=True)
     @trash.response(200, TaskSchema, headers={**CREATED_HEADERS, **REPLAYED_HEADER})
@@ -2560,7 +2557,7 @@ class TaskRestore(OwnTasksView):
     def post(self, task_id):
         """Restore a deleted task"""
         params = {"task_id": task_id, "user_id": current_user.id, "cutoff": trash_cutoff()}
-        task = db.session.scalar(TRASHED_TASK, params) if task_id <= MAX_ID else None
+        task = db.session.scalar(TRASHED_TASK, params)
         if task is None:
             abort(404, message="No such task in your trash.")
         task.deleted_at, task.updated_at = None, utcnow()
@@ -2573,8 +2570,8 @@ phase2 = Blueprint(
     "phase2", __name__, url_prefix="/api/<int:user_id>/tasks", description="Phase II paths: the same operations under your user id."
 )
 phase2.add_url_rule("", view_func=Tasks)
-phase2.add_url_rule("/<int:task_id>", view_func=TaskById)
-phase2.add_url_rule("/<int:task_id>/complete", view_func=TaskCompletion)
+phase2.add_url_rule(f"/{TASK_ID}", view_func=TaskById)
+phase2.add_url_rule(f"/{TASK_ID}/complete", view_func=TaskCompletion)
 
 
 # --- Service routes ---
@@ -2655,17 +2652,6 @@ def upgrade_database(engine):
 
 
 MIGRATION_LOCK_KEY = 0x7D0_0A91  # any constant shared by every process of this service
-
-
-def drop_everything(url):
-    """Drop every table of a database, the migrations' bookkeeping too (tests and fuzzing)."""
-    engine = create_engine(database_uri(url))
-    metadata = MetaData()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SAWarning)  # SQLite cannot reflect expression indexes; dropping tables drops them
-        metadata.reflect(engine)
-    metadata.drop_all(engine)
-    engine.dispose()
 
 
 @click.command()
@@ -2807,9 +2793,7 @@ def create_app(test_config=None, instance_path=None):
     """Build the app: config from Config, the environment and test_config, then extensions and routes."""
     app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
     app.config.from_object(Config)
-    for name, read in ENV_SETTINGS.items():
-        if name in os.environ:
-            app.config[name] = read(os.environ[name])
+    read_environment(app.config)
     if "DATABASE_URL" in os.environ:
         app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
     app.config.from_prefixed_env()  # FLASK_<KEY> for every key

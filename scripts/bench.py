@@ -246,7 +246,7 @@ def main():
         parser.error("--rounds must be at least 3: a median of fewer says little on a shared machine")
     generate = run_python if args.python_client or not shutil.which("wrk") else run_wrk
 
-    from todo_api import drop_everything
+    from scripts.scratch import drop_everything
 
     with tempfile.TemporaryDirectory(prefix="todo-bench-") as tmp:
         database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{Path(tmp) / 'bench.db'}"

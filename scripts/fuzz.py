@@ -39,7 +39,7 @@ def post_json(url, body):
 
 def empty_database(url):
     """Start from no tables, so the peers can sign up again on a database used before."""
-    from todo_api import drop_everything
+    from scripts.scratch import drop_everything
 
     drop_everything(url)
 

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from helpers import PASSWORD, bearer
-from todo_api import create_app, db, drop_everything
+from scripts.scratch import drop_everything
+from todo_api import create_app, db
 
 _emails = itertools.count(1)
 

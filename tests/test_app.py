@@ -65,7 +65,15 @@ def test_environment_configures_the_app(monkeypatch, tmp_path):
     monkeypatch.setenv("MAX_CONTENT_LENGTH", "2048")
     monkeypatch.setenv("RATELIMIT_ENABLED", "false")
     monkeypatch.setenv("FLASK_LOGIN_EMAIL_LIMIT", '"3 per minute"')
+    monkeypatch.setenv("TRASH_RETENTION_DAYS", "0.5")
+    monkeypatch.setenv("DATABASE_TIMEOUT", "2.5")
+    monkeypatch.setenv("SIGNUP_ADDRESS_LIMIT", "5 per hour")
+    monkeypatch.setenv("AUTO_MIGRATE", "off")
     app = create_app(instance_path=str(tmp_path))
+    assert app.config["TRASH_RETENTION_DAYS"] == 0.5 and app.config["DATABASE_TIMEOUT"] == 2.5
+    assert app.config["SIGNUP_ADDRESS_LIMIT"] == "5 per hour" and app.config["AUTO_MIGRATE"] is False
+    with app.app_context():
+        db.create_all()
     assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path / 'env.db'}"
     assert app.config["JWT_ACCESS_TOKEN_EXPIRES"] == 60
     assert app.config["MAX_CONTENT_LENGTH"] == 2048

@@ -1,14 +1,13 @@
 """Idempotency-Key on POST /api/tasks, PATCH .../complete and POST /api/trash/<id>/restore: a
 retry replays the first success and runs nothing."""
 
-import hashlib
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import event, func, select, text, update
 
 from helpers import POSTGRES, another_worker
-from todo_api import IdempotencyKey, Task, User, db, utcnow
+from todo_api import IdempotencyKey, Task, User, db, in_flight_lock, utcnow
 
 
 def keyed(headers, key):
@@ -170,7 +169,7 @@ def test_the_key_and_the_write_are_one_transaction(app, client, auth_headers):
 )
 def test_a_key_whose_request_is_in_flight_is_a_409(app, client, auth_headers):
     user_id = client.get("/api/auth/me", headers=auth_headers).json["id"]
-    lock = int.from_bytes(hashlib.blake2b(f"{user_id}:busy".encode(), digest_size=8).digest(), "big", signed=True)
+    lock = in_flight_lock(user_id, "busy")
     with another_worker() as connection:  # another worker serving the first request
         assert connection.execute(text("SELECT pg_try_advisory_xact_lock(:lock)"), {"lock": lock}).scalar()
         response = client.post("/api/tasks", json={"title": "a"}, headers=keyed(auth_headers, "busy"))
@@ -185,7 +184,7 @@ def test_a_replay_takes_no_lock_so_concurrent_replays_all_get_the_answer(app, cl
     first = client.post("/api/tasks", json={"title": "a"}, headers=keyed(auth_headers, "done"))
     assert first.status_code == 201
     user_id = client.get("/api/auth/me", headers=auth_headers).json["id"]
-    lock = int.from_bytes(hashlib.blake2b(f"{user_id}:done".encode(), digest_size=8).digest(), "big", signed=True)
+    lock = in_flight_lock(user_id, "done")
     with another_worker() as connection:  # another replay of it, being served
         assert connection.execute(text("SELECT pg_try_advisory_xact_lock(:lock)"), {"lock": lock}).scalar()
         replayed = client.post("/api/tasks", json={"title": "a"}, headers=keyed(auth_headers, "done"))

@@ -12,7 +12,8 @@ from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect, text
 
-from todo_api import INITIAL_REVISION, create_app, db, drop_everything, init_migrations, password_hasher
+from scripts.scratch import drop_everything
+from todo_api import INITIAL_REVISION, create_app, db, init_migrations, password_hasher
 
 
 @pytest.fixture

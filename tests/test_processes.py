@@ -22,7 +22,8 @@ from sqlalchemy import delete, func, select
 
 from helpers import bearer
 from scripts.loopback import call, free_port, rss_mb, wait_until_healthy
-from todo_api import Task, TaskTag, User, create_app, db, drop_everything
+from scripts.scratch import drop_everything
+from todo_api import Task, TaskTag, User, create_app, db
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"

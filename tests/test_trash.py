@@ -95,7 +95,8 @@ def test_trash_routes_answer_404_for_what_is_not_in_the_callers_trash(client, au
         assert client.post(f"/api/trash/{task_id}/restore", headers=auth_headers).status_code == 404, task_id
         response = client.delete(f"/api/trash/{task_id}", headers=auth_headers)
         assert response.status_code == 404, task_id
-        assert response.json["message"] == "No such task in your trash."
+        if task_id < 2**63:  # beyond 64 bits no route matches (werkzeug's bounded int): the generic 404
+            assert response.json["message"] == "No such task in your trash."
     assert [t["id"] for t in trash(client, other_auth_headers).json] == [others["id"]]  # untouched
     assert client.get("/api/trash").status_code == 401
 
