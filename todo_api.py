@@ -95,7 +95,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, validates
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
 from sqlalchemy.orm.exc import StaleDataError
 from swagger_ui_bundle import swagger_ui_path
 from webargs.flaskparser import FlaskParser
@@ -368,7 +368,7 @@ class User(db.Model):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     # How many tasks the user has, changed in the transaction that creates or deletes one: an
-    # unfiltered listing's total without counting (100,000 rows cost a COUNT ~7 ms on SQLite).
+    # unfiltered listing's total without counting its rows (docs/performance.md).
     task_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The number of the user's latest change to their tasks (see next_change): sync cursors
     # count in it.
@@ -591,7 +591,7 @@ def is_live(deleted_at):
     return deleted_at is None
 
 
-@event.listens_for(Session, "before_flush")
+@event.listens_for(RequestSession, "before_flush")
 def number_task_writes(session, _flush_context, _instances):
     """Before the ORM writes tasks: one change number per owner (moving the counter by the tasks
     created, trashed, restored or deleted), carried by every written task; a tombstone for each
@@ -617,7 +617,7 @@ def number_task_writes(session, _flush_context, _instances):
             connection.execute(insert(tombstones_table), rows)
 
 
-@event.listens_for(Session, "after_flush")
+@event.listens_for(RequestSession, "after_flush")
 def follow_task_writes(session, _flush_context):
     """After the ORM wrote tasks (new ones now have ids): their tag rows, in the flush's transaction."""
     tasks = lambda objects: [obj for obj in objects if isinstance(obj, Task)]  # noqa: E731
@@ -630,7 +630,7 @@ def follow_task_writes(session, _flush_context):
 
 
 def insert_task(user_id, fields):
-    """Store a new task with Core statements, which cost a third of the ORM's unit of work: the
+    """Store a new task with Core statements, cheaper than the ORM's unit of work: the
     row as the model builds it (defaults, derived fields; version 1 as the ORM would give it),
     numbered by next_change, then its tag rows. Returns the task, with its id."""
     connection = db.session.connection()
@@ -814,12 +814,9 @@ def admitted_days(rule, year, month=None):
 
 
 def first_after(rule, due):
-    """The rule's first date strictly after `due`, the rule starting at `due` (UTC); None when
-    there is none within SEARCH_HORIZON. The dates rrule would give, found without walking
-    period by period: the days a month (or a yearly rule's year) admits depend only on its kind
-    (its month, length and first weekday; a year's length and first weekday), so each kind is
-    filtered once; the periods the INTERVAL visits are then checked by arithmetic, at most 4,801
-    months or 401 years."""
+    """The rule's first date strictly after `due` (the rule starting there, UTC), or None within
+    SEARCH_HORIZON: rrule's dates, without its walk. Each kind of month (or a yearly rule's year)
+    is filtered once; the periods the INTERVAL visits, at most 4,801 months, by arithmetic."""
     start = due.replace(microsecond=0)  # rrule works in whole seconds; the fraction is kept
     try:
         end = start + SEARCH_HORIZON
@@ -1290,7 +1287,7 @@ class TaskSchema(ma.Schema):
 
     def dump(self, obj, *, many=None):
         """A task (a row or an ORM object: the database already gives every field its JSON type)
-        in one step. Marshmallow's generic dump calls three methods per field, a third of a page's
+        in one step. Marshmallow's generic dump calls three methods per field, much of a page's
         cost; tests/test_tasks.py holds this equal to it for every field, set or not. (The schema
         has no hooks and is always dumped whole: no `only` or `exclude` to honour.)"""
         if self.many if many is None else many:
@@ -2605,7 +2602,7 @@ def docs_asset(filename):
 
 def init_migrations(app):
     """Flask-Migrate, loaded only where migrations run (the `flask db` commands, the upgrade at
-    start): importing Alembic costs every process ~10 MB. Batch mode: SQLite can only change a
+    start): importing Alembic costs every process memory. Batch mode: SQLite can only change a
     table by copying it."""
     from flask_migrate import Migrate
 

@@ -340,7 +340,9 @@ class Proxy:
                     pass
 
 
-def test_database_outage_is_a_503_and_the_service_recovers(serve, tmp_path):
+def behind_a_proxy(tmp_path):
+    """The PostgreSQL server's tables made afresh, and a Proxy in front of it: (an app on the
+    server itself, to clean up with; the proxy; the database URL through the proxy)."""
     require("PostgreSQL", POSTGRES_URL)
     target = create_app(
         {"SQLALCHEMY_DATABASE_URI": POSTGRES_URL, "JWT_SECRET_KEY": "x" * 32, "AUTO_MIGRATE": False}, instance_path=str(tmp_path)
@@ -349,9 +351,23 @@ def test_database_outage_is_a_503_and_the_service_recovers(serve, tmp_path):
     with target.app_context():
         db.create_all()
         proxy = Proxy(db.engine.url.port or 5432)
-        via_proxy = db.engine.url.set(port=proxy.port, query={"connect_timeout": "2"}).render_as_string(hide_password=False)
+        via_proxy = db.engine.url.set(port=proxy.port).render_as_string(hide_password=False)
         db.engine.dispose()
-    base = serve(workers=2, database_url=via_proxy)
+    return target, proxy, via_proxy
+
+
+def forget(target, proxy, email):
+    """Cut the proxy and delete the test's account on the server itself."""
+    proxy.cut()
+    with target.app_context():
+        db.session.execute(delete(User).where(User.email == email))
+        db.session.commit()
+        db.engine.dispose()
+
+
+def test_database_outage_is_a_503_and_the_service_recovers(serve, tmp_path):
+    target, proxy, via_proxy = behind_a_proxy(tmp_path)
+    base = serve(workers=2, database_url=via_proxy, DATABASE_TIMEOUT="2")
     email = f"outage-{uuid.uuid4().hex[:8]}@example.com"
     headers = bearer(signup(base, email)["access_token"])
     assert call("POST", f"{base}/api/tasks", {"title": "before"}, headers)[0] == 201
@@ -376,27 +392,14 @@ def test_database_outage_is_a_503_and_the_service_recovers(serve, tmp_path):
     assert in_a_row == 10
     assert [task["title"] for task in tasks] == ["before"]
     assert call("POST", f"{base}/api/tasks", {"title": "after"}, headers)[0] == 201
-    proxy.cut()
-    with target.app_context():
-        db.session.execute(delete(User).where(User.email == email))
-        db.session.commit()
-        db.engine.dispose()
+    forget(target, proxy, email)
 
 
 def test_a_database_that_stalls_is_a_503_within_the_timeout_and_the_service_recovers(serve, tmp_path):
     """Behind a proxy that holds the connections open and forwards nothing, no server-side
     timeout fires: the service's own bound (DATABASE_TIMEOUT) answers 503, for pooled
     connections and new ones alike, and serves again as soon as the database answers."""
-    require("PostgreSQL", POSTGRES_URL)
-    target = create_app(
-        {"SQLALCHEMY_DATABASE_URI": POSTGRES_URL, "JWT_SECRET_KEY": "x" * 32, "AUTO_MIGRATE": False}, instance_path=str(tmp_path)
-    )
-    drop_everything(POSTGRES_URL)
-    with target.app_context():
-        db.create_all()
-        proxy = Proxy(db.engine.url.port or 5432)
-        via_proxy = db.engine.url.set(port=proxy.port).render_as_string(hide_password=False)
-        db.engine.dispose()
+    target, proxy, via_proxy = behind_a_proxy(tmp_path)
     base = serve(workers=2, database_url=via_proxy, DATABASE_TIMEOUT="2", GUNICORN_TIMEOUT="30")
     email = f"stall-{uuid.uuid4().hex[:8]}@example.com"
     headers = bearer(signup(base, email)["access_token"])
@@ -421,11 +424,7 @@ def test_a_database_that_stalls_is_a_503_within_the_timeout_and_the_service_reco
     assert in_a_row == 10
     assert [task["title"] for task in tasks] == ["before"]  # nothing half-written while it stalled
     assert call("POST", f"{base}/api/tasks", {"title": "after"}, headers)[0] == 201
-    proxy.cut()
-    with target.app_context():
-        db.session.execute(delete(User).where(User.email == email))
-        db.session.commit()
-        db.engine.dispose()
+    forget(target, proxy, email)
 
 
 def test_sixteen_concurrent_writers_never_see_a_5xx_or_a_locked_database(serve):
