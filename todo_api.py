@@ -1,10 +1,28 @@
 """todo-api: a multi-user Todo REST API in one module.
 
-People sign up, log in with JWTs and manage their own tasks. Read top to bottom: config,
-extensions, models, schemas, errors, the flask-smorest and webargs classes held to the contract,
-the OpenAPI document, auth helpers, the auth and tasks blueprints, service routes, migrations,
-logs, and ``create_app()`` wiring it all. The API is described in README.md, served as
-OpenAPI at /openapi.json and browsable at /docs.
+People sign up, log in with JWTs and manage their own tasks. The API is described in README.md,
+served as OpenAPI at /openapi.json and browsable at /docs. The sections, top to bottom:
+
+- Config: defaults, the environment, the JWT key
+- Extensions: the database session, JWT, rate limits; SQLite's set-up, pings and timeouts
+- Models: users, sessions, tasks, tag rows, tombstones, Idempotency-Key answers
+- What a task's writes imply: change numbers, counters, tag rows, tombstones
+- Recurring tasks: RFC 5545 rules and their next date
+- Schemas: inputs, then outputs
+- Errors: messages and bounded error bodies
+- flask-smorest and webargs, held to the contract
+- OpenAPI document: examples, headers, errors per operation
+- Auth helpers and JWT callbacks
+- Auth blueprint
+- Tasks blueprint: the listing's statements, pages, ownership, ETags
+- Write transactions and Idempotency-Key
+- Task routes
+- Incremental sync
+- The trash
+- Service routes: health, Swagger UI's assets
+- Migrations, and `flask purge`
+- Request ids and logs
+- App factory: create_app() wiring it all
 """
 
 from __future__ import annotations
