@@ -1198,7 +1198,7 @@ class Cursor(fields.String):
             raise self.make_error("invalid") from None
 
 
-def is_count(value, top=MAX_ID):
+def is_json_count(value, top=MAX_ID):
     """A JSON integer (not a boolean) from 0 to `top`."""
     return type(value) is int and 0 <= value <= top
 
@@ -1241,7 +1241,7 @@ class TaskQueryArgsSchema(StrictSchema):
         try:
             owner, fingerprint, value, task_id = data["after"]
             after = (sort_value_from_json(data["sort"].lstrip("-"), value), task_id)
-            if not is_count(task_id):
+            if not is_json_count(task_id):
                 raise TypeError(task_id)
         except (TypeError, ValueError):
             raise ma.ValidationError(Cursor.default_error_messages["invalid"], "after") from None
@@ -1269,7 +1269,7 @@ class SyncArgsSchema(StrictSchema):
     @ma.validates("cursor")
     def check_cursor(self, values, **_kwargs):
         """The MAC proves the service made it; what it holds is still checked before it reaches SQL."""
-        if len(values) != 5 or not all(is_count(value) for value in values):
+        if len(values) != 5 or not all(is_json_count(value) for value in values):
             raise ma.ValidationError(Cursor.default_error_messages["invalid"])
 
 
@@ -1490,7 +1490,7 @@ class Blueprint(flask_smorest.Blueprint):
 
     ARGUMENTS_PARSER = Parser()
 
-    def errors(self, *codes):
+    def documents_errors(self, *codes):
         """Document error responses (in the one error shape) an operation can give."""
 
         def decorator(func):
@@ -1787,7 +1787,7 @@ ACCOUNT = {"email": "grace@example.com", "password": "correct horse battery"}
 @limiter.limit(config_limit("SIGNUP_ADDRESS_LIMIT"))
 @auth.arguments(SignupSchema(), description="The new account.", example={**ACCOUNT, "name": "Grace"})
 @auth.response(201, TokenPairSchema, headers=NO_STORE_HEADER)
-@auth.errors(400, 409, 413, 415, 429)
+@auth.documents_errors(400, 409, 413, 415, 429)
 @auth.doc(operationId="signup", **NO_AUTH)
 def signup(data):
     """Create an account and log in"""
@@ -1808,7 +1808,7 @@ def signup(data):
 @limiter.limit(config_limit("LOGIN_EMAIL_LIMIT"), key_func=login_email_key, deduct_when=lambda r: r.status_code == 401)
 @auth.arguments(LoginSchema(), description="The account's credentials.", example=ACCOUNT)
 @auth.response(200, TokenPairSchema, headers=NO_STORE_HEADER)
-@auth.errors(400, 401, 413, 415, 429)
+@auth.documents_errors(400, 401, 413, 415, 429)
 @auth.doc(operationId="login", **NO_AUTH)
 def login(data):
     """Log in: start a session"""
@@ -1825,7 +1825,7 @@ def login(data):
 @auth.route("/refresh", methods=["POST"])
 @jwt_required(refresh=True)
 @auth.response(200, TokenPairSchema, headers=NO_STORE_HEADER)
-@auth.errors(401)
+@auth.documents_errors(401)
 @auth.doc(operationId="refreshTokens", description="Send the refresh token as the bearer token. The refresh token used is revoked.")
 def refresh():
     """Trade a refresh token for a new pair"""
@@ -1848,7 +1848,7 @@ def refresh():
 @auth.route("/logout", methods=["POST"])
 @jwt_required()
 @auth.response(204)
-@auth.errors(401)
+@auth.documents_errors(401)
 @auth.doc(operationId="logout")
 def logout():
     """Log out: revoke this session's access and refresh tokens"""
@@ -1860,7 +1860,7 @@ def logout():
 class Me(MethodView):
     @jwt_required()
     @auth.response(200, UserSchema)
-    @auth.errors(401)
+    @auth.documents_errors(401)
     @auth.doc(operationId="getAccount")
     def get(self):
         """Show your account"""
@@ -1869,7 +1869,7 @@ class Me(MethodView):
     @jwt_required()
     @auth.arguments(ProfileSchema(), description="Your new name.", example={"name": "Ada Lovelace"})
     @auth.response(200, UserSchema)
-    @auth.errors(400, 401, 413, 415)
+    @auth.documents_errors(400, 401, 413, 415)
     @auth.doc(operationId="updateAccount")
     def patch(self, data):
         """Change your name"""
@@ -1880,7 +1880,7 @@ class Me(MethodView):
 
     @jwt_required(fresh=True)
     @auth.response(204)
-    @auth.errors(401)
+    @auth.documents_errors(401)
     @auth.doc(operationId="deleteAccount", description="Needs a fresh access token: one from signup or login, not from refresh.")
     def delete(self):
         """Delete your account and all your tasks"""
@@ -1899,7 +1899,7 @@ class Me(MethodView):
     example={"current_password": ACCOUNT["password"], "new_password": "correct horse battery staple"},
 )
 @auth.response(200, TokenPairSchema, headers=NO_STORE_HEADER)
-@auth.errors(400, 401, 403, 413, 415)
+@auth.documents_errors(400, 401, 403, 413, 415)
 @auth.doc(operationId="changePassword", description="Every earlier token of this user is revoked; a new session starts.")
 def change_password(data):
     """Change your password"""
@@ -2009,7 +2009,7 @@ def sort_value_from_json(key, value):
             raise TypeError(key)
         return value
     if key == "priority":
-        if not is_count(value, len(PRIORITIES) - 1):
+        if not is_json_count(value, len(PRIORITIES) - 1):
             raise TypeError(key)
         return value
     if value is None and key == "due_date":
@@ -2104,22 +2104,22 @@ OWN_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == b
 OWN_TASK_ROW = select(*TASK_COLUMNS).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"), LIVE)
 
 
-def get_own_task_or_404(task_id):
+def found_or_404(task):
+    if task is None:
+        abort(404, message="Task not found.")
+    return task
+
+
+def lock_own_task_or_404(task_id):
     """The caller's task, to change, locked until the commit. Another user's task, or an id no
     database holds, is a 404."""
     return found_or_404(db.session.scalar(OWN_TASK, {"task_id": task_id, "user_id": current_user.id}))
 
 
-def read_own_task_or_404(task_id):
-    """The caller's task as a row, to read: cheaper than an ORM object. Else as get_own_task_or_404."""
+def own_task_row_or_404(task_id):
+    """The caller's task as a row, to read: cheaper than an ORM object. Else as lock_own_task_or_404."""
     params = {"task_id": task_id, "user_id": current_user.id}
     return found_or_404(db.session.connection().execute(OWN_TASK_ROW, params).first())
-
-
-def found_or_404(task):
-    if task is None:
-        abort(404, message="Task not found.")
-    return task
 
 
 def caller_owns_path(view):
@@ -2306,6 +2306,12 @@ def transaction(idempotent=False):
 # --- Task routes ---
 
 
+def task_with_location(task):
+    """A task answer with its ETag and Location."""
+    task, headers = with_etag(task)
+    return task, {**headers, "Location": url_for("tasks.TaskById", task_id=task.id)}
+
+
 @tasks.route("")
 class Tasks(OwnTasksView):
     @tasks.arguments(TaskQueryArgsSchema(), location="query")
@@ -2319,29 +2325,23 @@ class Tasks(OwnTasksView):
     @transaction(idempotent=True)
     @tasks.arguments(TaskInSchema(), description="The new task; only title is required.", example=TASK_EXAMPLE)
     @tasks.response(201, TaskSchema, headers={**CREATED_HEADERS, **REPLAYED_HEADER})
-    @tasks.errors(400, 409, 413, 415)
+    @tasks.documents_errors(400, 409, 413, 415)
     @tasks.doc(operationId="createTask", parameters=[IDEMPOTENCY_HEADER])
     def post(self, data):
         """Create a task"""
         check_recurrence(data["recurrence"], data["due_date"])
-        return created(insert_task(current_user.id, data))
-
-
-def created(task):
-    """A task answer with its ETag and Location."""
-    task, headers = with_etag(task)
-    return task, {**headers, "Location": url_for("tasks.TaskById", task_id=task.id)}
+        return task_with_location(insert_task(current_user.id, data))
 
 
 @tasks.route(f"/{TASK_ID}")
 class TaskById(OwnTasksView):
     @tasks.response(200, TaskSchema, headers=ETAG_HEADER)
     @tasks.alt_response(304, description="Not Modified: If-None-Match names the task's current ETag.", headers=ETAG_HEADER)
-    @tasks.errors(404)
+    @tasks.documents_errors(404)
     @tasks.doc(operationId="getTask", parameters=[IF_NONE_MATCH])
     def get(self, task_id):
         """Show a task"""
-        task = read_own_task_or_404(task_id)
+        task = own_task_row_or_404(task_id)
         if request.if_none_match.contains_weak(task_etag(task)):
             return current_app.response_class(status=304, headers=with_etag(task)[1])
         return with_etag(task)
@@ -2349,7 +2349,7 @@ class TaskById(OwnTasksView):
     @transaction()
     @tasks.arguments(TaskInSchema(), description="Every writable field; only title is required.", example=TASK_EXAMPLE)
     @tasks.response(200, TaskSchema, headers={**ETAG_HEADER, **NEXT_OCCURRENCE_HEADER})
-    @tasks.errors(400, 404, 412, 413, 415)
+    @tasks.documents_errors(400, 404, 412, 413, 415)
     @tasks.doc(
         operationId="replaceTask",
         parameters=[IF_MATCH],
@@ -2357,26 +2357,26 @@ class TaskById(OwnTasksView):
     )
     def put(self, data, task_id):
         """Replace a task"""
-        return update_task(get_own_task_or_404(task_id), data)
+        return update_task(lock_own_task_or_404(task_id), data)
 
     @transaction()
     @tasks.arguments(
         TaskPatchSchema(), description="Only the fields to change; {} changes nothing.", example={"title": "Write the final report"}
     )
     @tasks.response(200, TaskSchema, headers={**ETAG_HEADER, **NEXT_OCCURRENCE_HEADER})
-    @tasks.errors(400, 404, 412, 413, 415)
+    @tasks.documents_errors(400, 404, 412, 413, 415)
     @tasks.doc(operationId="updateTask", parameters=[IF_MATCH])
     def patch(self, data, task_id):
         """Change some fields of a task"""
-        return update_task(get_own_task_or_404(task_id), data)
+        return update_task(lock_own_task_or_404(task_id), data)
 
     @transaction()
     @tasks.response(204)
-    @tasks.errors(404, 412)
+    @tasks.documents_errors(404, 412)
     @tasks.doc(operationId="deleteTask", parameters=[IF_MATCH], description="Moves the task to the trash (see /api/trash).")
     def delete(self, task_id):
         """Delete a task: move it to the trash"""
-        task = get_own_task_or_404(task_id)
+        task = lock_own_task_or_404(task_id)
         check_if_match(task)
         task.deleted_at = utcnow()
 
@@ -2385,11 +2385,11 @@ class TaskById(OwnTasksView):
 class TaskCompletion(OwnTasksView):
     @transaction(idempotent=True)
     @tasks.response(200, TaskSchema, headers={**ETAG_HEADER, **NEXT_OCCURRENCE_HEADER, **REPLAYED_HEADER})
-    @tasks.errors(404, 409, 412)
+    @tasks.documents_errors(404, 409, 412)
     @tasks.doc(operationId="toggleTaskCompletion", parameters=[IF_MATCH, IDEMPOTENCY_HEADER])
     def patch(self, task_id):
         """Toggle whether a task is completed"""
-        task = get_own_task_or_404(task_id)
+        task = lock_own_task_or_404(task_id)
         return update_task(task, {"completed": not task.completed})
 
 
@@ -2484,7 +2484,7 @@ def sync_changes(user, cursor, limit):
 class TaskChanges(OwnTasksView):
     @tasks.arguments(SyncArgsSchema(), location="query")
     @tasks.response(200, SyncPageSchema)
-    @tasks.errors(410)
+    @tasks.documents_errors(410)
     @tasks.doc(
         operationId="syncTasks",
         description="Without a cursor: every task you have (a full sync). With the cursor of your last answer: what changed "
@@ -2553,7 +2553,7 @@ class Trash(OwnTasksView):
 class TrashedTask(OwnTasksView):
     @transaction()
     @trash.response(204)
-    @trash.errors(404)
+    @trash.documents_errors(404)
     @trash.doc(operationId="deleteTrashedTask")
     def delete(self, task_id):
         """Delete a task in the trash for good"""
@@ -2567,7 +2567,7 @@ class TrashedTask(OwnTasksView):
 class TaskRestore(OwnTasksView):
     @transaction(idempotent=True)
     @trash.response(200, TaskSchema, headers={**CREATED_HEADERS, **REPLAYED_HEADER})
-    @trash.errors(404, 409)
+    @trash.documents_errors(404, 409)
     @trash.doc(operationId="restoreTask", parameters=[IDEMPOTENCY_HEADER], description="The task comes back with the same id and fields.")
     def post(self, task_id):
         """Restore a deleted task"""
@@ -2577,7 +2577,7 @@ class TaskRestore(OwnTasksView):
             abort(404, message="No such task in your trash.")
         task.deleted_at, task.updated_at = None, utcnow()
         db.session.flush()
-        return created(task)
+        return task_with_location(task)
 
 
 # Phase II frontends call the same views under the caller's user id.
@@ -2596,7 +2596,7 @@ service = Blueprint("service", __name__, description="Health.")
 
 @service.route("/health")
 @service.response(200, HealthSchema)
-@service.errors(503)
+@service.documents_errors(503)
 @service.doc(operationId="checkHealth", **NO_AUTH)
 def health():
     """Check the service and its database"""
