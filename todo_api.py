@@ -13,9 +13,9 @@ served as OpenAPI at /openapi.json and browsable at /docs. The sections, top to 
 - flask-smorest and webargs, held to the contract
 - OpenAPI document: examples, headers, errors per operation
 - Auth helpers and JWT callbacks
+- Write transactions and Idempotency-Key: every write view's one commit
 - Auth blueprint
 - Tasks blueprint: the listing's statements, pages, ownership, ETags
-- Write transactions and Idempotency-Key
 - Task routes
 - Incremental sync
 - The trash
@@ -1774,6 +1774,125 @@ def config_limit(key):
     return lambda: current_app.config[key]
 
 
+# --- Write transactions and Idempotency-Key ---
+
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+IDEMPOTENCY_HEADER = optional_header(
+    "Idempotency-Key",
+    "Optional: 1-255 printable ASCII characters of your choice, new for each operation (HTTP drops spaces around a "
+    "header value: they are not part of the key). A retry with the same key within IDEMPOTENCY_TTL (a day) gets the "
+    "first success's answer again (with Idempotent-Replayed: true) and changes nothing; the same key on another request "
+    "is a 422; while the first is still being served, a 409.",
+    minLength=1,
+    maxLength=255,
+    pattern="^[!-~]([ -~]{0,253}[!-~])?$",
+)
+REPLAYED_HEADER = {
+    "Idempotent-Replayed": header_doc(
+        "true: this is the stored answer to an earlier request with the same Idempotency-Key.", always=False, enum=["true"]
+    )
+}
+STORED_ANSWER = select(IdempotencyKey).where(IdempotencyKey.user_id == bindparam("user_id"), IdempotencyKey.key == bindparam("key"))
+
+
+def idempotency_key():
+    """The request's Idempotency-Key, checked; None when it has none."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        message = "Must be 1-255 printable ASCII characters (0x20-0x7E)."
+        abort(422, message=MESSAGES[422], errors={"headers": {"Idempotency-Key": [message]}})
+    return key
+
+
+def request_hash():
+    """What makes a request the same request: method, path and body (JSON compared as data)."""
+    body = request.get_data(cache=True)
+    try:
+        body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, RecursionError):
+        pass
+    return hashlib.sha256(f"{request.method} {request.path}\n".encode() + body).hexdigest()
+
+
+def in_flight_lock(user_id, key):
+    """The PostgreSQL advisory lock (a signed 64-bit number) that marks a user's key in flight."""
+    return int.from_bytes(hashlib.blake2b(f"{user_id}:{key}".encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def stored_answer(key, fingerprint):
+    """The stored answer to an earlier request with this key, or None to serve this one.
+
+    A stored answer is replayed at once (a 422 if it answered another request). Otherwise, on
+    PostgreSQL, a transaction-scoped advisory lock on (user, key) marks this request in flight
+    until its transaction ends, with the key stored or not: a second request meanwhile is a 409
+    (on SQLite, writes take turns: it waits and is replayed); once the lock is held the answer
+    is looked for again, in case the first committed in between. An answer older than
+    IDEMPOTENCY_TTL counts as none and is replaced, whether or not `flask purge` has run."""
+    stored = db.session.scalar(STORED_ANSWER, {"user_id": current_user.id, "key": key})
+    connection = db.session.connection()
+    if not is_fresh(stored) and connection.dialect.name == "postgresql":
+        if not connection.execute(select(func.pg_try_advisory_xact_lock(in_flight_lock(current_user.id, key)))).scalar():
+            abort(409, message="A request with this Idempotency-Key is still being served; retry later.")
+        stored = db.session.scalar(STORED_ANSWER.execution_options(populate_existing=True), {"user_id": current_user.id, "key": key})
+    if stored is not None and not is_fresh(stored):
+        db.session.delete(stored)  # the new answer takes its place in the same flush
+        return None
+    if stored is not None and stored.request_hash != fingerprint:
+        message = "This Idempotency-Key was used for a different request; use a new key."
+        abort(422, message=message, errors={"headers": {"Idempotency-Key": [message]}})
+    return stored
+
+
+def is_fresh(stored):
+    return stored is not None and stored.created_at > utcnow() - timedelta(seconds=current_app.config["IDEMPOTENCY_TTL"])
+
+
+def replay(stored):
+    headers = {"Idempotent-Replayed": "true", "Location": stored.location, "ETag": stored.etag, "Link": stored.link}
+    response = current_app.response_class(stored.body, status=stored.status, mimetype="application/json")
+    response.headers.extend({name: value for name, value in headers.items() if value is not None})
+    return response
+
+
+def transaction(idempotent=False):
+    """A write view's one transaction, committed when its answer is a success.
+
+    With `idempotent`, the view honours Idempotency-Key: a request with a key already answered
+    gets that answer again and runs nothing; a new one stores its 2xx answer with the key in the
+    same transaction as the write, so neither outlives the other."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            key = idempotency_key() if idempotent else None
+            if key is not None:
+                fingerprint = request_hash()
+                if (stored := stored_answer(key, fingerprint)) is not None:
+                    return replay(stored)
+            response = view(*args, **kwargs)
+            if 200 <= response.status_code < 300:
+                if key is not None:
+                    db.session.add(
+                        IdempotencyKey(
+                            user_id=current_user.id,
+                            key=key,
+                            request_hash=fingerprint,
+                            status=response.status_code,
+                            body=response.get_data(as_text=True),
+                            location=response.headers.get("Location"),
+                            etag=response.headers.get("ETag"),
+                            link=response.headers.get("Link"),
+                            created_at=utcnow(),
+                        )
+                    )
+                db.session.commit()
+            return response
+
+        return wrapper
+
+    return decorator
+
+
 # --- Auth blueprint ---
 
 auth = Blueprint("auth", __name__, url_prefix="/api/auth", description="Accounts, sessions and tokens.")
@@ -1785,6 +1904,7 @@ ACCOUNT = {"email": "grace@example.com", "password": "correct horse battery"}
 
 @auth.route("/signup", methods=["POST"])
 @limiter.limit(config_limit("SIGNUP_ADDRESS_LIMIT"))
+@transaction()
 @auth.arguments(SignupSchema(), description="The new account.", example={**ACCOUNT, "name": "Grace"})
 @auth.response(201, TokenPairSchema, headers=NO_STORE_HEADER)
 @auth.documents_errors(400, 409, 413, 415, 429)
@@ -1795,8 +1915,7 @@ def signup(data):
     user.set_password(data["password"])
     db.session.add(user)
     try:
-        body, headers = issue_token_pair(user)
-        db.session.commit()
+        body, headers = issue_token_pair(user)  # its flush meets the unique email
     except IntegrityError:
         db.session.rollback()
         abort(409, message="This email is already registered.")
@@ -1806,6 +1925,7 @@ def signup(data):
 @auth.route("/login", methods=["POST"])
 @limiter.limit(config_limit("LOGIN_ADDRESS_LIMIT"))
 @limiter.limit(config_limit("LOGIN_EMAIL_LIMIT"), key_func=login_email_key, deduct_when=lambda r: r.status_code == 401)
+@transaction()
 @auth.arguments(LoginSchema(), description="The account's credentials.", example=ACCOUNT)
 @auth.response(200, TokenPairSchema, headers=NO_STORE_HEADER)
 @auth.documents_errors(400, 401, 413, 415, 429)
@@ -1817,13 +1937,12 @@ def login(data):
     # An unknown email is checked against a dummy hash: both failures cost the same.
     if not (user or User(password_hash=DUMMY_HASH)).verify_password(data["password"]) or user is None:
         abort(401, message="Invalid email or password.", headers=bearer_challenge(None))
-    body, headers = issue_token_pair(user)
-    db.session.commit()
-    return body, headers
+    return issue_token_pair(user)
 
 
 @auth.route("/refresh", methods=["POST"])
 @jwt_required(refresh=True)
+@transaction()
 @auth.response(200, TokenPairSchema, headers=NO_STORE_HEADER)
 @auth.documents_errors(401)
 @auth.doc(operationId="refreshTokens", description="Send the refresh token as the bearer token. The refresh token used is revoked.")
@@ -1838,22 +1957,19 @@ def refresh():
         .values(refresh_jti=new_jti, expires_at=utcnow() + refresh_lifetime())
     ).rowcount
     if rotated != 1:
-        db.session.rollback()
         abort_revoked()
-    db.session.commit()
-    body, headers = token_pair(current_user, claims["sid"], new_jti, fresh=False)
-    return body, headers
+    return token_pair(current_user, claims["sid"], new_jti, fresh=False)
 
 
 @auth.route("/logout", methods=["POST"])
 @jwt_required()
+@transaction()
 @auth.response(204)
 @auth.documents_errors(401)
 @auth.doc(operationId="logout")
 def logout():
     """Log out: revoke this session's access and refresh tokens"""
     db.session.execute(delete(UserSession).where(UserSession.id == get_jwt()["sid"]))
-    db.session.commit()
 
 
 @auth.route("/me")
@@ -1867,6 +1983,7 @@ class Me(MethodView):
         return current_user
 
     @jwt_required()
+    @transaction()
     @auth.arguments(ProfileSchema(), description="Your new name.", example={"name": "Ada Lovelace"})
     @auth.response(200, UserSchema)
     @auth.documents_errors(400, 401, 413, 415)
@@ -1875,10 +1992,10 @@ class Me(MethodView):
         """Change your name"""
         user = own_account()
         user.name = data["name"]
-        db.session.commit()
         return user
 
     @jwt_required(fresh=True)
+    @transaction()
     @auth.response(204)
     @auth.documents_errors(401)
     @auth.doc(operationId="deleteAccount", description="Needs a fresh access token: one from signup or login, not from refresh.")
@@ -1888,11 +2005,11 @@ class Me(MethodView):
         # locks its task before the owner's row, and so does this, so neither waits on the other.
         db.session.execute(delete(Task.__table__).where(Task.user_id == current_user.id))
         db.session.execute(delete(User).where(User.id == current_user.id))
-        db.session.commit()
 
 
 @auth.route("/password", methods=["POST"])
 @jwt_required()
+@transaction()
 @auth.arguments(
     PasswordChangeSchema(),
     description="The current password and the new one.",
@@ -1908,9 +2025,7 @@ def change_password(data):
         abort(403, message="The current password is wrong.")
     user.set_password(data["new_password"])
     db.session.execute(delete(UserSession).where(UserSession.user_id == user.id))
-    body, headers = issue_token_pair(user)
-    db.session.commit()
-    return body, headers
+    return issue_token_pair(user)
 
 
 # --- Tasks blueprint ---
@@ -2182,125 +2297,6 @@ class OwnTasksView(MethodView):
     """The caller's tasks: a valid access token first, then (on Phase II paths) the path's user."""
 
     decorators = [caller_owns_path, jwt_required()]  # the last one runs first
-
-
-# --- Write transactions and Idempotency-Key ---
-
-IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
-IDEMPOTENCY_HEADER = optional_header(
-    "Idempotency-Key",
-    "Optional: 1-255 printable ASCII characters of your choice, new for each operation (HTTP drops spaces around a "
-    "header value: they are not part of the key). A retry with the same key within IDEMPOTENCY_TTL (a day) gets the "
-    "first success's answer again (with Idempotent-Replayed: true) and changes nothing; the same key on another request "
-    "is a 422; while the first is still being served, a 409.",
-    minLength=1,
-    maxLength=255,
-    pattern="^[!-~]([ -~]{0,253}[!-~])?$",
-)
-REPLAYED_HEADER = {
-    "Idempotent-Replayed": header_doc(
-        "true: this is the stored answer to an earlier request with the same Idempotency-Key.", always=False, enum=["true"]
-    )
-}
-STORED_ANSWER = select(IdempotencyKey).where(IdempotencyKey.user_id == bindparam("user_id"), IdempotencyKey.key == bindparam("key"))
-
-
-def idempotency_key():
-    """The request's Idempotency-Key, checked; None when it has none."""
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
-        message = "Must be 1-255 printable ASCII characters (0x20-0x7E)."
-        abort(422, message=MESSAGES[422], errors={"headers": {"Idempotency-Key": [message]}})
-    return key
-
-
-def request_hash():
-    """What makes a request the same request: method, path and body (JSON compared as data)."""
-    body = request.get_data(cache=True)
-    try:
-        body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    except (ValueError, RecursionError):
-        pass
-    return hashlib.sha256(f"{request.method} {request.path}\n".encode() + body).hexdigest()
-
-
-def in_flight_lock(user_id, key):
-    """The PostgreSQL advisory lock (a signed 64-bit number) that marks a user's key in flight."""
-    return int.from_bytes(hashlib.blake2b(f"{user_id}:{key}".encode(), digest_size=8).digest(), "big", signed=True)
-
-
-def stored_answer(key, fingerprint):
-    """The stored answer to an earlier request with this key, or None to serve this one.
-
-    A stored answer is replayed at once (a 422 if it answered another request). Otherwise, on
-    PostgreSQL, a transaction-scoped advisory lock on (user, key) marks this request in flight
-    until its transaction ends, with the key stored or not: a second request meanwhile is a 409
-    (on SQLite, writes take turns: it waits and is replayed); once the lock is held the answer
-    is looked for again, in case the first committed in between. An answer older than
-    IDEMPOTENCY_TTL counts as none and is replaced, whether or not `flask purge` has run."""
-    stored = db.session.scalar(STORED_ANSWER, {"user_id": current_user.id, "key": key})
-    connection = db.session.connection()
-    if not is_fresh(stored) and connection.dialect.name == "postgresql":
-        if not connection.execute(select(func.pg_try_advisory_xact_lock(in_flight_lock(current_user.id, key)))).scalar():
-            abort(409, message="A request with this Idempotency-Key is still being served; retry later.")
-        stored = db.session.scalar(STORED_ANSWER.execution_options(populate_existing=True), {"user_id": current_user.id, "key": key})
-    if stored is not None and not is_fresh(stored):
-        db.session.delete(stored)  # the new answer takes its place in the same flush
-        return None
-    if stored is not None and stored.request_hash != fingerprint:
-        message = "This Idempotency-Key was used for a different request; use a new key."
-        abort(422, message=message, errors={"headers": {"Idempotency-Key": [message]}})
-    return stored
-
-
-def is_fresh(stored):
-    return stored is not None and stored.created_at > utcnow() - timedelta(seconds=current_app.config["IDEMPOTENCY_TTL"])
-
-
-def replay(stored):
-    headers = {"Idempotent-Replayed": "true", "Location": stored.location, "ETag": stored.etag, "Link": stored.link}
-    response = current_app.response_class(stored.body, status=stored.status, mimetype="application/json")
-    response.headers.extend({name: value for name, value in headers.items() if value is not None})
-    return response
-
-
-def transaction(idempotent=False):
-    """A write view's one transaction, committed when its answer is a success.
-
-    With `idempotent`, the view honours Idempotency-Key: a request with a key already answered
-    gets that answer again and runs nothing; a new one stores its 2xx answer with the key in the
-    same transaction as the write, so neither outlives the other."""
-
-    def decorator(view):
-        @wraps(view)
-        def wrapper(*args, **kwargs):
-            key = idempotency_key() if idempotent else None
-            if key is not None:
-                fingerprint = request_hash()
-                if (stored := stored_answer(key, fingerprint)) is not None:
-                    return replay(stored)
-            response = view(*args, **kwargs)
-            if 200 <= response.status_code < 300:
-                if key is not None:
-                    db.session.add(
-                        IdempotencyKey(
-                            user_id=current_user.id,
-                            key=key,
-                            request_hash=fingerprint,
-                            status=response.status_code,
-                            body=response.get_data(as_text=True),
-                            location=response.headers.get("Location"),
-                            etag=response.headers.get("ETag"),
-                            link=response.headers.get("Link"),
-                            created_at=utcnow(),
-                        )
-                    )
-                db.session.commit()
-            return response
-
-        return wrapper
-
-    return decorator
 
 
 # --- Task routes ---
