@@ -558,8 +558,11 @@ class IdempotencyKey(db.Model):
 
 # --- What a task's writes imply: its owner's change number and counter, its tag rows, tombstones ---
 #
-# Every path that writes tasks goes through these functions: the ORM's flushes (follow_task_writes
-# and number_task_writes below), insert_task, and delete_for_good.
+# Every path that writes tasks goes through these functions: the ORM's flushes of the app's
+# session (number_task_writes and follow_task_writes below: successors, updates, trash, restore),
+# insert_task (POST) and delete_for_good (deleting from the trash, the purge). No path deletes a
+# task through the ORM. Account deletion deletes its tasks with their owner: its counter, change
+# numbers and tombstones go too.
 
 task_tags, users_table, tombstones_table = TaskTag.__table__, User.__table__, TaskTombstone.__table__
 # With RETURNING, SQLAlchemy sends many rows as one multi-row INSERT ("insertmanyvalues", 1,000
@@ -612,9 +615,8 @@ def is_live(deleted_at):
 @event.listens_for(RequestSession, "before_flush")
 def number_task_writes(session, _flush_context, _instances):
     """Before the ORM writes tasks: one change number per owner (moving the counter by the tasks
-    created, trashed, restored or deleted), carried by every written task; a tombstone for each
-    task deleted for good."""
-    written, deleted, live = defaultdict(list), defaultdict(list), Counter()
+    created, trashed or restored), carried by every written task."""
+    written, live = defaultdict(list), Counter()
     for task in (obj for obj in session.new if isinstance(obj, Task)):
         written[task.user_id].append(task)
         live[task.user_id] += is_live(task.deleted_at)
@@ -622,17 +624,10 @@ def number_task_writes(session, _flush_context, _instances):
         written[task.user_id].append(task)
         if history := inspect(task).attrs.deleted_at.history.deleted:
             live[task.user_id] += is_live(task.deleted_at) - is_live(history[0])
-    for task in (obj for obj in session.deleted if isinstance(obj, Task)):
-        deleted[task.user_id].append(task)
-        live[task.user_id] -= is_live(task.deleted_at)
-    connection = session.connection() if written or deleted else None
-    for user_id in written.keys() | deleted.keys():
-        change = next_change(connection, user_id, live[user_id])
-        for task in written[user_id]:
+    for user_id, owned in written.items():
+        change = next_change(session.connection(), user_id, live[user_id])
+        for task in owned:
             task.change_seq = change
-        if deleted[user_id]:
-            rows = [{"task_id": task.id, "user_id": user_id, "change_seq": change, "deleted_at": utcnow()} for task in deleted[user_id]]
-            connection.execute(insert(tombstones_table), rows)
 
 
 @event.listens_for(RequestSession, "after_flush")
