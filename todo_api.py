@@ -63,7 +63,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from dateutil import rrule as rrule_module
 from dateutil.relativedelta import relativedelta
-from flask import Flask, current_app, g, has_request_context, jsonify, request, send_from_directory, url_for
+from flask import Flask, current_app, g, has_request_context, request, send_from_directory, url_for
 from flask.cli import with_appcontext
 from flask.views import MethodView
 from flask_cors import CORS
@@ -1444,6 +1444,7 @@ class Api(flask_smorest.Api):
         payload = error_body(error.code, message)
         if errors := data.get("errors") or data.get("messages"):
             payload["errors"] = {location: bounded_messages(by_field) for location, by_field in errors.items()}
+        payload.update(data.get("also") or {})  # fields a view adds to the shape: /health's "database"
         # werkzeug's own headers (Allow on a 405), then those passed to abort().
         headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
         headers.update(data.get("headers") or {})
@@ -2595,9 +2596,7 @@ def health():
         db.session.execute(text("SELECT 1"))
     except DBAPIError:
         db.session.rollback()
-        response = jsonify(error_body(503, MESSAGES[503], database="unavailable"))
-        response.status_code = 503
-        return response
+        abort(503, also={"database": "unavailable"})
     return {"status": "ok", "database": "ok"}
 
 
