@@ -421,6 +421,7 @@ class UserSession(db.Model):
 # is then the index's own condition, and rows it steps over (a page by number, a count) are
 # read from the index alone, never from the table.
 LIVE_ONLY = {"sqlite_where": text("deleted_at IS NULL"), "postgresql_where": text("deleted_at IS NULL")}
+TRASH_ONLY = {"sqlite_where": text("deleted_at IS NOT NULL"), "postgresql_where": text("deleted_at IS NOT NULL")}
 
 
 class Task(db.Model):
@@ -431,10 +432,13 @@ class Task(db.Model):
     __table_args__ = (
         Index("ix_tasks_user_created", "user_id", "created_at", "id", **LIVE_ONLY),
         Index("ix_tasks_user_updated", "user_id", "updated_at", "id", **LIVE_ONLY),
-        Index("ix_tasks_user_priority", "user_id", "priority", "id", **LIVE_ONLY),
+        # deleted_at, always null in these two, lets SQLite count by priority or by completed from
+        # the index alone: it checks a partial index's condition against the query's columns.
+        Index("ix_tasks_user_priority", "user_id", "priority", "id", "deleted_at", **LIVE_ONLY),
+        Index("ix_tasks_user_completed", "user_id", "completed", "deleted_at", **LIVE_ONLY),
         Index("ix_tasks_user_title", "user_id", "title_key", "id", **LIVE_ONLY),
         Index("ix_tasks_user_changes", "user_id", "change_seq", "id"),  # sync reads changes in order
-        Index("ix_tasks_user_deleted", "user_id", "deleted_at", "id"),  # the trash, newest first
+        Index("ix_tasks_user_deleted", "user_id", "deleted_at", "id", **TRASH_ONLY),  # the trash, newest first
         {"sqlite_autoincrement": True},  # never reuse a deleted task's id
     )
 
@@ -2053,8 +2057,9 @@ FILTER_CONDITIONS = {
     "priority": Task.priority_rank == bindparam("priority"),
     "tag": exists().where(task_tags.c.task_id == Task.id, task_tags.c.user_id == bindparam("user_id"), task_tags.c.tag == bindparam("tag")),
     "q": or_(Task.title_key.like(bindparam("q"), escape="/"), Task.description_key.like(bindparam("q"), escape="/")),  # each on its own
-    "due_before": Task.due_date < bindparam("due_before"),
-    "due_after": Task.due_date > bindparam("due_after"),
+    # Spelled as the due-date indexes lead, (due_date IS NULL) first: a range of one of them.
+    "due_before": and_(Task.due_date.is_(None) == false(), Task.due_date < bindparam("due_before")),
+    "due_after": and_(Task.due_date.is_(None) == false(), Task.due_date > bindparam("due_after")),
 }
 FILTER_VALUES = {
     "priority": PRIORITIES.index,
@@ -2076,6 +2081,16 @@ def keyset_condition(sort, after):
     return or_(Task.due_date.is_(None), beyond(tuple_(Task.due_date, Task.id), tuple_(value, tie)))
 
 
+# A tag's count, from the index of the tag rows alone: the user's rows with the tag, less those
+# of their tasks in the trash (which keep their rows; the trash, emptied as it ages, is small).
+TAG_COUNT = select(
+    select(func.count()).where(task_tags.c.user_id == bindparam("user_id"), task_tags.c.tag == bindparam("tag")).scalar_subquery()
+    - select(func.count())
+    .where(Task.user_id == bindparam("user_id"), Task.deleted_at.is_not(None), FILTER_CONDITIONS["tag"])
+    .scalar_subquery()
+)
+
+
 @functools.cache
 def listing_statements(filters, sort, after=None):
     """The page and count statements for one shape of listing (which filters, which order, a
@@ -2091,6 +2106,8 @@ def listing_statements(filters, sort, after=None):
         page = page.offset(bindparam("offset"))
     else:
         page = page.where(keyset_condition(sort, after))
+    if filters == {"tag"}:
+        return page, TAG_COUNT
     return page, select(func.count()).select_from(tasks_table).where(*conditions)
 
 
@@ -2131,6 +2148,12 @@ def sort_value_from_json(key, value):
     return moment
 
 
+# A due range often matches few of a user's tasks (none, for one who sets no due dates), where
+# a page in another order would step over every task: its count, read from a due-date index,
+# comes first, and a page that starts past it is not read.
+COUNTED_FIRST = {"due_before", "due_after"}
+
+
 def select_tasks(user, args):
     """One page of a user's tasks for validated query args, the total, and whether more tasks
     follow: one SQL statement for the page. The total is the user's task counter when nothing is
@@ -2143,18 +2166,15 @@ def select_tasks(user, args):
     params["user_id"] = user.id
     size = args["page_size"]
     connection = db.session.connection()
+    count = lambda: connection.execute(count_query, params).scalar()  # noqa: E731
+    total = user.task_count if not filters else count() if filters & COUNTED_FIRST else None
     if after is not None:
         page = connection.execute(page_query, {**params, "size": size + 1, "after_value": after[0], "after_id": after[1]}).all()
-        total = user.task_count if not filters else connection.execute(count_query, params).scalar()
-        return page[:size], total, len(page) > size
+        return page[:size], count() if total is None else total, len(page) > size
     offset = (args["page"] - 1) * size
-    page = connection.execute(page_query, {**params, "size": size, "offset": offset}).all()
-    if not filters:
-        total = user.task_count
-    elif 0 < len(page) < size or (offset == 0 and not page):
-        total = offset + len(page)
-    else:
-        total = connection.execute(count_query, params).scalar()
+    page = [] if total is not None and offset >= total else connection.execute(page_query, {**params, "size": size, "offset": offset}).all()
+    if total is None:
+        total = offset + len(page) if 0 < len(page) < size or (offset == 0 and not page) else count()
     return page, total, bool(page) and offset + len(page) < total
 
 

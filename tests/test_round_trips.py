@@ -27,6 +27,7 @@ def steady(client, method, path, **kwargs):
     [
         ("GET", "/api/tasks", None, ["SELECT", "SELECT"]),  # the session and user; the page (the total is the counter)
         ("GET", "/api/tasks?tag=work&sort=title", None, ["SELECT", "SELECT"]),  # a short page tells its total
+        ("GET", "/api/tasks?due_after=2020-01-01T00:00:00Z&page=2", None, ["SELECT", "SELECT"]),  # counted first: no page past it
         ("GET", "/api/tasks/{id}", None, ["SELECT", "SELECT"]),
         # Writes number the change on the user's row first (its counter moves in the same UPDATE).
         ("POST", "/api/tasks", {"title": "t", "tags": ["a", "b"]}, ["BEGIN", "SELECT", "UPDATE", "INSERT", "INSERT", "COMMIT"]),
