@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select, update
 
 from helpers import POSTGRES, TASK_KEYS, another_worker, request_held_up
-from todo_api import Task, TaskSchema, TaskTag, TaskTombstone, User, db, next_change, utcnow
+from todo_api import DeletedTaskSchema, Task, TaskSchema, TaskTag, TaskTombstone, User, db, next_change, utcnow
 
 
 def parse_time(value):
@@ -70,11 +70,12 @@ def test_create_with_every_field(client, auth_headers):
             "priority": "low",
             "due_date": "2030-01-02T03:04:05.5Z",
             "tags": ["b", "a"],
+            "recurrence": "FREQ=DAILY",
         },
     ],
 )
 def test_task_json_is_marshmallows_own_dump_of_the_schema(app, client, auth_headers, body):
-    # TaskSchema writes a task's JSON in one step; it must equal marshmallow's field-by-field dump.
+    # OneStepDump writes a task's JSON in one step; it must equal marshmallow's field-by-field dump.
     created = client.post("/api/tasks", json=body, headers=auth_headers)
     assert created.status_code == 201
     path = f"/api/tasks/{created.json['id']}"
@@ -93,6 +94,17 @@ def test_task_json_is_marshmallows_own_dump_of_the_schema(app, client, auth_head
         == listed.json[0]
         == generic | {"description": created.json["description"], "updated_at": created.json["updated_at"]}
     )
+    synced = client.get("/api/tasks/changes", headers=auth_headers)
+    assert synced.status_code == 200 and synced.json["changes"] == [changed.json]
+    # In the trash: the same fields and deleted_at, as DeletedTaskSchema declares them.
+    assert client.delete(path, headers=auth_headers).status_code == 204
+    trashed = client.get("/api/trash", headers=auth_headers)
+    assert trashed.status_code == 200
+    with app.app_context():
+        schema = DeletedTaskSchema()
+        generic = ma.Schema.dump(schema, db.session.get(Task, created.json["id"]))
+    assert set(generic) == set(schema.fields) == TASK_KEYS | {"deleted_at"}
+    assert trashed.json == [generic]
 
 
 @pytest.mark.parametrize(
