@@ -449,7 +449,7 @@ class Task(db.Model):
     description: Mapped[str] = mapped_column(Text, default="")
     completed: Mapped[bool] = mapped_column(Boolean, default=False)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime)
-    priority_rank: Mapped[int] = mapped_column("priority", SmallInteger, default=1)
+    priority: Mapped[int] = mapped_column(SmallInteger, default=1)  # its rank in PRIORITIES: they sort low < medium < high
     due_date: Mapped[datetime | None] = mapped_column(DateTime)
     tags: Mapped[list] = mapped_column(JSON, default=list)  # sorted; its tag rows follow it (see below)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -463,8 +463,8 @@ class Task(db.Model):
     # lower-casing can lengthen text ("İ" becomes two code points). SQLite enforces no length, so
     # its column keeps the type it was made with (changing it would copy the table).
     title_key: Mapped[str] = mapped_column(String(200).with_variant(Text(collation="C"), "postgresql"))
-    # The column keeps its first name (renaming it would make SQLite copy the table).
-    description_key: Mapped[str] = mapped_column("search_key", Text)
+    # The description's, lower-cased alike.
+    search_key: Mapped[str] = mapped_column(Text)
 
     # Every UPDATE checks the version it read: concurrent writers cannot both win.
     __mapper_args__ = {"version_id_col": version}
@@ -472,14 +472,6 @@ class Task(db.Model):
     def __init__(self, **fields):
         now = utcnow()  # one instant: a new task's updated_at equals its created_at
         super().__init__(**{"created_at": now, "updated_at": now, "recurred": False, **fields})
-
-    @property
-    def priority(self):
-        return PRIORITIES[self.priority_rank]
-
-    @priority.setter
-    def priority(self, value):
-        self.priority_rank = PRIORITIES.index(value)
 
     @validates("title", "description")
     def _keep_search_keys(self, key, value):
@@ -511,7 +503,7 @@ class Task(db.Model):
 
 def search_keys(title, description):
     """The lower-cased copies that title order and search read (a search matches each field on its own)."""
-    return {"title_key": title.lower(), "description_key": description.lower()}
+    return {"title_key": title.lower(), "search_key": description.lower()}
 
 
 # Tasks without a due date sort last in both directions: the order is (due_date IS NULL),
@@ -1036,15 +1028,21 @@ class TagList(fields.List):
 
 
 class PriorityName(fields.Field):
-    """A priority, stored as its rank (0, 1, 2: they sort low < medium < high), written by name."""
+    """A priority, stored as its rank in PRIORITIES (0, 1, 2: they sort low < medium < high), read and written by name."""
 
     to_json = staticmethod(PRIORITIES.__getitem__)  # see OneStepDump
 
     def __init__(self, **kwargs):
-        super().__init__(attribute="priority_rank", metadata={"type": "string", "enum": list(PRIORITIES)}, **kwargs)
+        kwargs["metadata"] = {"type": "string", "enum": list(PRIORITIES), **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
 
     def _serialize(self, value, attr, obj, **kwargs):
         return self.to_json(value)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value not in PRIORITIES:  # the words of marshmallow's OneOf
+            raise ma.ValidationError(f"Must be one of: {', '.join(PRIORITIES)}.")
+        return PRIORITIES.index(value)
 
 
 class OneStepDump(ma.Schema):
@@ -1111,7 +1109,14 @@ class PasswordChangeSchema(StrictSchema):
 
 # What POST and PUT give the fields they are not sent. Applied on load, not declared as marshmallow
 # defaults: those would become OpenAPI defaults, which generated clients send or require.
-TASK_DEFAULTS = {"description": "", "completed": False, "priority": "medium", "due_date": None, "tags": (), "recurrence": None}
+TASK_DEFAULTS = {
+    "description": "",
+    "completed": False,
+    "priority": PRIORITIES.index("medium"),
+    "due_date": None,
+    "tags": (),
+    "recurrence": None,
+}
 RECURRENCE_EXAMPLE = "FREQ=WEEKLY;BYDAY=MO"
 
 
@@ -1137,7 +1142,7 @@ class TaskInSchema(StrictSchema):
         metadata={"description": 'At most 2000 characters; null is taken as "". Default on POST and PUT: "".'},
     )
     completed = StrictBoolean(metadata={"description": "JSON true or false. Default on POST and PUT: false."})
-    priority = fields.String(validate=validate.OneOf(PRIORITIES), metadata={"description": "Default on POST and PUT: medium."})
+    priority = PriorityName(metadata={"description": "Default on POST and PUT: medium."})
     due_date = UTCDateTime(
         allow_none=True, metadata={"description": "ISO 8601; without an offset it is UTC. Default on POST and PUT: null."}
     )
@@ -2041,27 +2046,23 @@ SORT_COLUMNS = {
     "created_at": Task.created_at,
     "updated_at": Task.updated_at,
     "due_date": Task.due_date,
-    "priority": Task.priority_rank,
+    "priority": Task.priority,
     "title": Task.title_key,
 }
 
 
-# Reads select rows of these columns (named as TaskSchema reads them): cheaper than ORM objects.
+# Reads select rows of these columns (by the names TaskSchema reads): cheaper than ORM objects.
 tasks_table = Task.__table__
-TASK_COLUMNS = [
-    column.label("priority_rank") if column.name == "priority" else column
-    for column in tasks_table.c
-    if column.name not in ("user_id", "title_key", "search_key", "recurred")
-]
+TASK_COLUMNS = [column for column in tasks_table.c if column.name not in ("user_id", "title_key", "search_key", "recurred")]
 
 LIVE = Task.deleted_at.is_(None)  # not in the trash: every /api/tasks route sees only these
 
 # Filters as conditions on bound parameters of the same names, and how an argument binds.
 FILTER_CONDITIONS = {
     "completed": Task.completed == bindparam("completed"),
-    "priority": Task.priority_rank == bindparam("priority"),
+    "priority": Task.priority == bindparam("priority"),
     "tag": exists().where(task_tags.c.task_id == Task.id, task_tags.c.user_id == bindparam("user_id"), task_tags.c.tag == bindparam("tag")),
-    "q": or_(Task.title_key.like(bindparam("q"), escape="/"), Task.description_key.like(bindparam("q"), escape="/")),  # each on its own
+    "q": or_(Task.title_key.like(bindparam("q"), escape="/"), Task.search_key.like(bindparam("q"), escape="/")),  # each on its own
     # Spelled as the due-date indexes lead, (due_date IS NULL) first: a range of one of them.
     "due_before": and_(Task.due_date.is_(None) == false(), Task.due_date < bindparam("due_before")),
     "due_after": and_(Task.due_date.is_(None) == false(), Task.due_date > bindparam("due_after")),
@@ -2130,7 +2131,7 @@ def sort_value(task, key):
     if key == "title":
         return search_keys(task.title, "")["title_key"]
     if key == "priority":
-        return task.priority_rank
+        return task.priority
     value = getattr(task, key)
     return None if value is None else value.isoformat()
 

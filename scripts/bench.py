@@ -196,7 +196,7 @@ def seed_scale(database_url, big_user_tasks, total_tasks):
                         user_id=user.id,
                         title=f"Task {i} of user {user.id}",
                         completed=i % 3 == 0,
-                        priority=rng.choice(PRIORITIES),
+                        priority=rng.randrange(len(PRIORITIES)),
                         due_date=created + timedelta(days=rng.randrange(60)) if i % 2 else None,
                         tags=[f"tag{i % 10}"],
                         created_at=created,

@@ -174,7 +174,7 @@ def test_upgrading_keeps_the_users_and_stops_reusing_their_ids(bare_app):
         db.session.rollback()
 
 
-def test_upgrading_gives_existing_tasks_a_description_key(bare_app):
+def test_upgrading_gives_existing_tasks_a_search_key_of_the_description(bare_app):
     with bare_app.app_context():
         upgrade(revision="3f6a2d1c8b90")  # before title and description were searched each on its own
         db.session.execute(
