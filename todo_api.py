@@ -15,11 +15,13 @@ served as OpenAPI at /openapi.json and browsable at /docs. The sections, top to 
 - OpenAPI document: examples, headers, errors per operation
 - Auth helpers and JWT callbacks
 - Write transactions and Idempotency-Key: every write view's one commit
-- Auth blueprint
-- Tasks blueprint: the listing's statements, pages, ownership, ETags
+- Auth routes
+- Task helpers: the rows read, ownership, ETags
+- Listing: filters, sorts, keyset cursors, pages
 - Task routes
 - Incremental sync
 - The trash
+- Phase II paths: the task routes under the caller's user id
 - Service routes: health, Swagger UI's assets
 - Migrations, and `flask purge`
 - Request ids and logs
@@ -1266,25 +1268,13 @@ class TaskQueryArgsSchema(StrictSchema):
     )
 
     @ma.post_load
-    def read_after(self, data, **_kwargs):
-        """`after` becomes (sort value, id), once it proves to be for this sort and these filters."""
+    def page_or_after(self, data, **_kwargs):
+        """A page by number (1 when neither is given) or the one after a cursor, not both."""
         if "after" not in data:
             return {"page": 1, **data}
         if "page" in data:
             raise ma.ValidationError("Give either after or page, not both.", "after")
-        # The MAC proves the service made it; what it holds is still checked before it reaches SQL.
-        try:
-            owner, fingerprint, value, task_id = data["after"]
-            after = (sort_value_from_json(data["sort"].lstrip("-"), value), task_id)
-            if not is_json_count(task_id):
-                raise TypeError(task_id)
-        except (TypeError, ValueError):
-            raise ma.ValidationError(Cursor.default_error_messages["invalid"], "after") from None
-        if owner != current_user.id:
-            raise ma.ValidationError("This cursor was made for another account.", "after")
-        if fingerprint != listing_fingerprint(data):
-            raise ma.ValidationError("This cursor was made for another sort or other filters.", "after")
-        return {**data, "page": None, "after": after}
+        return {**data, "page": None}
 
 
 class TrashQueryArgsSchema(StrictSchema):
@@ -1692,22 +1682,6 @@ def key_for_a_complete_token(_header, claims):
     return flask_jwt_extended.config.config.decode_key
 
 
-@jwt.user_lookup_loader
-def load_session_user(_header, claims):
-    """One query checks the token's session (for a refresh token, that it is the session's
-    current one) and loads its user; None makes the token a 401."""
-    params = {"user_id": int(claims["sub"]), "sid": claims["sid"], "now": utcnow()}  # has_every_claim checked them
-    # A row, not an ORM object: most requests only need the id. Views that change the user load it.
-    row = db.session.connection().execute(SESSION_USER, params).first()
-    if row is not None and claims["type"] == "refresh" and row.refresh_jti != claims["jti"]:
-        # A refresh token that was already rotated away is being replayed: the signature of a
-        # stolen one. End the session: its access and refresh tokens, the thief's and the owner's.
-        db.session.execute(delete(UserSession).where(UserSession.id == claims["sid"]))
-        db.session.commit()
-        return None
-    return row
-
-
 # Statements built once; requests bind values, and SQLAlchemy reuses the compiled SQL.
 sessions_table = UserSession.__table__
 SESSION_USER = (
@@ -1727,6 +1701,22 @@ SESSION_USER = (
         sessions_table.c.expires_at > bindparam("now"),  # a session ends when its refresh lifetime does
     )
 )
+
+
+@jwt.user_lookup_loader
+def load_session_user(_header, claims):
+    """One query checks the token's session (for a refresh token, that it is the session's
+    current one) and loads its user; None makes the token a 401."""
+    params = {"user_id": int(claims["sub"]), "sid": claims["sid"], "now": utcnow()}  # has_every_claim checked them
+    # A row, not an ORM object: most requests only need the id. Views that change the user load it.
+    row = db.session.connection().execute(SESSION_USER, params).first()
+    if row is not None and claims["type"] == "refresh" and row.refresh_jti != claims["jti"]:
+        # A refresh token that was already rotated away is being replayed: the signature of a
+        # stolen one. End the session: its access and refresh tokens, the thief's and the owner's.
+        db.session.execute(delete(UserSession).where(UserSession.id == claims["sid"]))
+        db.session.commit()
+        return None
+    return row
 
 
 def new_token_id():
@@ -1903,7 +1893,7 @@ def transaction(idempotent=False):
     return decorator
 
 
-# --- Auth blueprint ---
+# --- Auth routes ---
 
 auth = Blueprint("auth", __name__, url_prefix="/api/auth", description="Accounts, sessions and tokens.")
 NO_AUTH = {"security": []}
@@ -2038,9 +2028,78 @@ def change_password(data):
     return issue_token_pair(user)
 
 
-# --- Tasks blueprint ---
+# --- Task helpers: the rows read, ownership, ETags ---
 
-tasks = Blueprint("tasks", __name__, url_prefix="/api/tasks", description="Your tasks.")
+# Reads select rows of these columns (by the names TaskSchema reads): cheaper than ORM objects.
+tasks_table = Task.__table__
+TASK_COLUMNS = [column for column in tasks_table.c if column.name not in ("user_id", "title_key", "search_key", "recurred")]
+
+LIVE = Task.deleted_at.is_(None)  # not in the trash: every /api/tasks route sees only these
+
+
+# FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already runs writes one at a time): a write
+# locks its task as it reads it, so a concurrent writer of the same task waits for this one to
+# commit and then works on the task as it left it. Without the lock, the later write would read
+# the earlier version and fail its version check. Every path that locks both takes its tasks'
+# rows first and then their owner's (next_change): these reads, TRASHED_TASK, delete_for_good and
+# account deletion; in the other order, two of them could each wait for the other (a deadlock).
+OWN_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"), LIVE).with_for_update()
+OWN_TASK_ROW = select(*TASK_COLUMNS).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"), LIVE)
+
+
+def found_or_404(task):
+    if task is None:
+        abort(404, message="Task not found.")
+    return task
+
+
+def lock_own_task_or_404(task_id):
+    """The caller's task, to change, locked until the commit. Another user's task, or an id no
+    database holds, is a 404."""
+    return found_or_404(db.session.scalar(OWN_TASK, {"task_id": task_id, "user_id": current_user.id}))
+
+
+def own_task_row_or_404(task_id):
+    """The caller's task as a row, to read: cheaper than an ORM object. Else as lock_own_task_or_404."""
+    params = {"task_id": task_id, "user_id": current_user.id}
+    return found_or_404(db.session.connection().execute(OWN_TASK_ROW, params).first())
+
+
+def caller_owns_path(view):
+    """Phase II paths carry a user id: anyone else's is a 403 (after auth, before anything else)."""
+
+    @wraps(view)
+    def wrapper(*args, user_id=None, **kwargs):
+        if user_id is not None and user_id != current_user.id:
+            abort(403, message="This path belongs to another user.")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def task_etag(task):
+    """A task's entity tag: its id and version, which moves on every write."""
+    return f"{task.id}.{task.version}"
+
+
+def with_etag(task):
+    """A task answer's body and its ETag header."""
+    return task, {"ETag": quote_etag(task_etag(task))}
+
+
+def check_if_match(task):
+    """412 unless the task still has the ETag the client sent, if it sent one (If-Match is optional)."""
+    if request.if_match and not request.if_match.contains(task_etag(task)):
+        abort(412)
+
+
+class OwnTasksView(MethodView):
+    """The caller's tasks: a valid access token first, then (on Phase II paths) the path's user."""
+
+    decorators = [caller_owns_path, jwt_required()]  # the last one runs first
+
+
+# --- Listing: filters, sorts, keyset cursors, pages ---
 
 SORT_COLUMNS = {
     "created_at": Task.created_at,
@@ -2050,12 +2109,6 @@ SORT_COLUMNS = {
     "title": Task.title_key,
 }
 
-
-# Reads select rows of these columns (by the names TaskSchema reads): cheaper than ORM objects.
-tasks_table = Task.__table__
-TASK_COLUMNS = [column for column in tasks_table.c if column.name not in ("user_id", "title_key", "search_key", "recurred")]
-
-LIVE = Task.deleted_at.is_(None)  # not in the trash: every /api/tasks route sees only these
 
 # Filters as conditions on bound parameters of the same names, and how an argument binds.
 FILTER_CONDITIONS = {
@@ -2154,6 +2207,28 @@ def sort_value_from_json(key, value):
     return moment
 
 
+def keyset_position(args):
+    """The (sort value, id) an `after` cursor continues from, once it proves to be this account's,
+    for this sort and these filters; else a 422 naming `after`. (The MAC proves the service made
+    it; what it holds is still checked before it reaches SQL.)"""
+    try:
+        owner, fingerprint, value, task_id = args["after"]
+        position = (sort_value_from_json(args["sort"].lstrip("-"), value), task_id)
+        if not is_json_count(task_id):
+            raise TypeError(task_id)
+    except (TypeError, ValueError):
+        position, message = None, Cursor.default_error_messages["invalid"]
+    else:
+        message = None
+        if owner != current_user.id:
+            message = "This cursor was made for another account."
+        elif fingerprint != listing_fingerprint(args):
+            message = "This cursor was made for another sort or other filters."
+    if message is not None:
+        abort(422, message=MESSAGES[422], errors={"query": {"after": [message]}})
+    return position
+
+
 # A due range often matches few of a user's tasks (none, for one who sets no due dates), where
 # a page in another order would step over every task: its count, read from a due-date index,
 # comes first, and a page that starts past it is not read.
@@ -2165,7 +2240,7 @@ def select_tasks(user, args):
     follow: one SQL statement for the page. The total is the user's task counter when nothing is
     filtered; else a page by number tells it when it is short; else one more statement counts."""
     filters = FILTER_CONDITIONS.keys() & args.keys()
-    after = args.get("after")
+    after = keyset_position(args) if args["page"] is None else None
     shape = None if after is None else "null" if after[0] is None else "value"
     page_query, count_query = listing_statements(frozenset(filters), args["sort"], shape)
     params = {name: FILTER_VALUES.get(name, lambda value: value)(args[name]) for name in filters}
@@ -2231,44 +2306,10 @@ def listing_cursor(args, task):
     return encode_cursor("after", current_user.id, listing_fingerprint(args), sort_value(task, args["sort"].lstrip("-")), task.id)
 
 
-# FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already runs writes one at a time): a write
-# locks its task as it reads it, so a concurrent writer of the same task waits for this one to
-# commit and then works on the task as it left it. Without the lock, the later write would read
-# the earlier version and fail its version check. Every path that locks both takes its tasks'
-# rows first and then their owner's (next_change): these reads, TRASHED_TASK, delete_for_good and
-# account deletion; in the other order, two of them could each wait for the other (a deadlock).
-OWN_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"), LIVE).with_for_update()
-OWN_TASK_ROW = select(*TASK_COLUMNS).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("user_id"), LIVE)
+# --- Task routes ---
 
 
-def found_or_404(task):
-    if task is None:
-        abort(404, message="Task not found.")
-    return task
-
-
-def lock_own_task_or_404(task_id):
-    """The caller's task, to change, locked until the commit. Another user's task, or an id no
-    database holds, is a 404."""
-    return found_or_404(db.session.scalar(OWN_TASK, {"task_id": task_id, "user_id": current_user.id}))
-
-
-def own_task_row_or_404(task_id):
-    """The caller's task as a row, to read: cheaper than an ORM object. Else as lock_own_task_or_404."""
-    params = {"task_id": task_id, "user_id": current_user.id}
-    return found_or_404(db.session.connection().execute(OWN_TASK_ROW, params).first())
-
-
-def caller_owns_path(view):
-    """Phase II paths carry a user id: anyone else's is a 403 (after auth, before anything else)."""
-
-    @wraps(view)
-    def wrapper(*args, user_id=None, **kwargs):
-        if user_id is not None and user_id != current_user.id:
-            abort(403, message="This path belongs to another user.")
-        return view(*args, **kwargs)
-
-    return wrapper
+tasks = Blueprint("tasks", __name__, url_prefix="/api/tasks", description="Your tasks.")
 
 
 LIST_HEADERS = {
@@ -2299,35 +2340,34 @@ TASK_EXAMPLE = {
 }  # not recurring: toggling it in "Try it out" would quietly create its next occurrence
 
 
-def task_etag(task):
-    """A task's entity tag: its id and version, which moves on every write."""
-    return f"{task.id}.{task.version}"
-
-
-def with_etag(task):
-    """A task answer's body and its ETag header."""
-    return task, {"ETag": quote_etag(task_etag(task))}
-
-
-def check_if_match(task):
-    """412 unless the task still has the ETag the client sent, if it sent one (If-Match is optional)."""
-    if request.if_match and not request.if_match.contains(task_etag(task)):
-        abort(412)
-
-
-class OwnTasksView(MethodView):
-    """The caller's tasks: a valid access token first, then (on Phase II paths) the path's user."""
-
-    decorators = [caller_owns_path, jwt_required()]  # the last one runs first
-
-
-# --- Task routes ---
-
-
 def task_with_location(task):
     """A task answer with its ETag and Location."""
     task, headers = with_etag(task)
     return task, {**headers, "Location": url_for("tasks.TaskById", task_id=task.id)}
+
+
+def update_task(task, changes):
+    """Apply changes to a task unless If-Match says it moved on. A real change is written at
+    once, so the answer carries its new version; the view's transaction commits it.
+
+    Every path that completes a task comes here: a recurring task that becomes completed for
+    the first time makes its next occurrence (from its fields after `changes`), in the same
+    flush, and the answer links it."""
+    check_if_match(task)
+    was_completed, successor = task.completed, None
+    if task.apply(changes):
+        if changes.keys() & {"recurrence", "due_date"}:
+            check_recurrence(task.recurrence, task.due_date)
+        if task.completed and not was_completed and task.recurrence and not task.recurred:
+            task.recurred = True  # once: completed again after a reopening, it makes none
+            if (fields := next_occurrence(task)) is not None:
+                successor = Task(user_id=task.user_id, **fields)
+                db.session.add(successor)
+        db.session.flush()
+    task, headers = with_etag(task)
+    if successor is not None:
+        headers["Link"] = f'<{url_for("tasks.TaskById", task_id=successor.id)}>; rel="next-occurrence"'
+    return task, headers
 
 
 @tasks.route("")
@@ -2409,30 +2449,6 @@ class TaskCompletion(OwnTasksView):
         """Toggle whether a task is completed"""
         task = lock_own_task_or_404(task_id)
         return update_task(task, {"completed": not task.completed})
-
-
-def update_task(task, changes):
-    """Apply changes to a task unless If-Match says it moved on. A real change is written at
-    once, so the answer carries its new version; the view's transaction commits it.
-
-    Every path that completes a task comes here: a recurring task that becomes completed for
-    the first time makes its next occurrence (from its fields after `changes`), in the same
-    flush, and the answer links it."""
-    check_if_match(task)
-    was_completed, successor = task.completed, None
-    if task.apply(changes):
-        if changes.keys() & {"recurrence", "due_date"}:
-            check_recurrence(task.recurrence, task.due_date)
-        if task.completed and not was_completed and task.recurrence and not task.recurred:
-            task.recurred = True  # once: completed again after a reopening, it makes none
-            if (fields := next_occurrence(task)) is not None:
-                successor = Task(user_id=task.user_id, **fields)
-                db.session.add(successor)
-        db.session.flush()
-    task, headers = with_etag(task)
-    if successor is not None:
-        headers["Link"] = f'<{url_for("tasks.TaskById", task_id=successor.id)}>; rel="next-occurrence"'
-    return task, headers
 
 
 # --- Incremental sync ---
@@ -2598,6 +2614,8 @@ class TaskRestore(OwnTasksView):
         return task_with_location(task)
 
 
+# --- Phase II paths ---
+
 # Phase II frontends call the same views under the caller's user id.
 phase2 = Blueprint(
     "phase2", __name__, url_prefix="/api/<int:user_id>/tasks", description="Phase II paths: the same operations under your user id."
@@ -2631,7 +2649,7 @@ def docs_asset(filename):
     return send_from_directory(swagger_ui_path, filename, max_age=86400)
 
 
-# --- Migrations ---
+# --- Migrations, and `flask purge` ---
 
 
 def init_migrations(app):

@@ -7,10 +7,12 @@ import re
 import stat
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
+import todo_api
 from helpers import POSTGRES, another_worker
 from todo_api import ConfigError, create_app, database_uri, db
 
@@ -405,3 +407,13 @@ def test_swagger_ui_keeps_no_token_in_browser_storage(client):
     page = client.get("/docs")
     assert page.status_code == 200
     assert 'var override_config = {"persistAuthorization": false};' in page.get_data(as_text=True)
+
+
+def test_the_module_docstring_lists_every_section_in_file_order():
+    """todo_api.py's docstring is its table of contents: one line per banner, in order, each
+    naming its section as the banner does (up to the banner's first colon)."""
+    source = Path(todo_api.__file__).read_text()
+    banners = [line[len("# --- ") : -len(" ---")] for line in source.splitlines() if line.startswith("# --- ") and line.endswith(" ---")]
+    listed = [line[2:] for line in todo_api.__doc__.splitlines() if line.startswith("- ")]
+    assert len(banners) == 23, banners
+    assert [entry.split(":")[0] for entry in listed] == [banner.split(":")[0] for banner in banners]
