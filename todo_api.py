@@ -554,6 +554,21 @@ class IdempotencyKey(db.Model):
     link: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
+    @classmethod
+    def answer(cls, response, user_id, key, request_hash):
+        """The row that keeps a response, to replay it."""
+        return cls(
+            user_id=user_id,
+            key=key,
+            request_hash=request_hash,
+            status=response.status_code,
+            body=response.get_data(as_text=True),
+            location=response.headers.get("Location"),
+            etag=response.headers.get("ETag"),
+            link=response.headers.get("Link"),
+            created_at=utcnow(),
+        )
+
 
 # --- What a task's writes imply: its owner's change number and counter, its tag rows, tombstones ---
 #
@@ -1819,32 +1834,35 @@ def in_flight_lock(user_id, key):
     return int.from_bytes(hashlib.blake2b(f"{user_id}:{key}".encode(), digest_size=8).digest(), "big", signed=True)
 
 
-def stored_answer(key, fingerprint):
-    """The stored answer to an earlier request with this key, or None to serve this one.
-
-    A stored answer is replayed at once (a 422 if it answered another request). Otherwise, on
-    PostgreSQL, a transaction-scoped advisory lock on (user, key) marks this request in flight
-    until its transaction ends, with the key stored or not: a second request meanwhile is a 409
-    (on SQLite, writes take turns: it waits and is replayed); once the lock is held the answer
-    is looked for again, in case the first committed in between. An answer older than
-    IDEMPOTENCY_TTL counts as none and is replaced, whether or not `flask purge` has run."""
-    stored = db.session.scalar(STORED_ANSWER, {"user_id": current_user.id, "key": key})
+def hold_key(key):
+    """On PostgreSQL, mark this request as the one serving the caller's key until its transaction
+    ends (a transaction-scoped advisory lock): a second request with the key meanwhile is a 409.
+    SQLite runs writes one at a time: a second one waits its turn, then finds the answer."""
     connection = db.session.connection()
-    if not is_fresh(stored) and connection.dialect.name == "postgresql":
-        if not connection.execute(select(func.pg_try_advisory_xact_lock(in_flight_lock(current_user.id, key)))).scalar():
-            abort(409, message="A request with this Idempotency-Key is still being served; retry later.")
-        stored = db.session.scalar(STORED_ANSWER.execution_options(populate_existing=True), {"user_id": current_user.id, "key": key})
-    if stored is not None and not is_fresh(stored):
-        db.session.delete(stored)  # the new answer takes its place in the same flush
-        return None
-    if stored is not None and stored.request_hash != fingerprint:
-        message = "This Idempotency-Key was used for a different request; use a new key."
-        abort(422, message=message, errors={"headers": {"Idempotency-Key": [message]}})
-    return stored
+    if connection.dialect.name != "postgresql":
+        return False
+    if not connection.execute(select(func.pg_try_advisory_xact_lock(in_flight_lock(current_user.id, key)))).scalar():
+        abort(409, message="A request with this Idempotency-Key is still being served; retry later.")
+    return True
 
 
 def is_fresh(stored):
     return stored is not None and stored.created_at > utcnow() - timedelta(seconds=current_app.config["IDEMPOTENCY_TTL"])
+
+
+def earlier_answer(key):
+    """The answer stored for the caller's key within IDEMPOTENCY_TTL, or None: then this request
+    holds the key (hold_key), and an older answer makes way for its own, whether or not
+    `flask purge` has run. Once the key is held, it is looked for again: the request that held
+    it before may have committed in between."""
+    params = {"user_id": current_user.id, "key": key}
+    stored = db.session.scalar(STORED_ANSWER, params)
+    if not is_fresh(stored) and hold_key(key):
+        stored = db.session.scalar(STORED_ANSWER.execution_options(populate_existing=True), params)
+    if stored is not None and not is_fresh(stored):
+        db.session.delete(stored)  # the new answer takes its place in the same flush
+        return None
+    return stored
 
 
 def replay(stored):
@@ -1854,43 +1872,41 @@ def replay(stored):
     return response
 
 
-def transaction(idempotent=False):
-    """A write view's one transaction, committed when its answer is a success.
+def idempotent(view):
+    """A write view that honours Idempotency-Key: a request with a key already answered gets
+    that answer again and runs nothing (a 422 if it answered another request); a new one stores
+    its 2xx answer with the key, for the view's transaction to commit with the write."""
 
-    With `idempotent`, the view honours Idempotency-Key: a request with a key already answered
-    gets that answer again and runs nothing; a new one stores its 2xx answer with the key in the
-    same transaction as the write, so neither outlives the other."""
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        key = idempotency_key()
+        if key is None:
+            return view(*args, **kwargs)
+        fingerprint = request_hash()
+        if (stored := earlier_answer(key)) is not None:
+            if stored.request_hash != fingerprint:
+                message = "This Idempotency-Key was used for a different request; use a new key."
+                abort(422, message=message, errors={"headers": {"Idempotency-Key": [message]}})
+            return replay(stored)
+        response = view(*args, **kwargs)
+        if 200 <= response.status_code < 300:
+            db.session.add(IdempotencyKey.answer(response, current_user.id, key, fingerprint))
+        return response
 
-    def decorator(view):
-        @wraps(view)
-        def wrapper(*args, **kwargs):
-            key = idempotency_key() if idempotent else None
-            if key is not None:
-                fingerprint = request_hash()
-                if (stored := stored_answer(key, fingerprint)) is not None:
-                    return replay(stored)
-            response = view(*args, **kwargs)
-            if 200 <= response.status_code < 300:
-                if key is not None:
-                    db.session.add(
-                        IdempotencyKey(
-                            user_id=current_user.id,
-                            key=key,
-                            request_hash=fingerprint,
-                            status=response.status_code,
-                            body=response.get_data(as_text=True),
-                            location=response.headers.get("Location"),
-                            etag=response.headers.get("ETag"),
-                            link=response.headers.get("Link"),
-                            created_at=utcnow(),
-                        )
-                    )
-                db.session.commit()
-            return response
+    return wrapper
 
-        return wrapper
 
-    return decorator
+def transaction(view):
+    """A write view's one transaction, committed when its answer is a success."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        response = view(*args, **kwargs)
+        if 200 <= response.status_code < 300:
+            db.session.commit()
+        return response
+
+    return wrapper
 
 
 # --- Auth routes ---
@@ -1904,7 +1920,7 @@ ACCOUNT = {"email": "grace@example.com", "password": "correct horse battery"}
 
 @auth.route("/signup", methods=["POST"])
 @limiter.limit(config_limit("SIGNUP_ADDRESS_LIMIT"))
-@transaction()
+@transaction
 @auth.arguments(SignupSchema(), description="The new account.", example={**ACCOUNT, "name": "Grace"})
 @auth.response(201, TokenPairSchema, headers=NO_STORE_HEADER)
 @auth.documents_errors(400, 409, 413, 415, 429)
@@ -1925,7 +1941,7 @@ def signup(data):
 @auth.route("/login", methods=["POST"])
 @limiter.limit(config_limit("LOGIN_ADDRESS_LIMIT"))
 @limiter.limit(config_limit("LOGIN_EMAIL_LIMIT"), key_func=login_email_key, deduct_when=lambda r: r.status_code == 401)
-@transaction()
+@transaction
 @auth.arguments(LoginSchema(), description="The account's credentials.", example=ACCOUNT)
 @auth.response(200, TokenPairSchema, headers=NO_STORE_HEADER)
 @auth.documents_errors(400, 401, 413, 415, 429)
@@ -1942,7 +1958,7 @@ def login(data):
 
 @auth.route("/refresh", methods=["POST"])
 @jwt_required(refresh=True)
-@transaction()
+@transaction
 @auth.response(200, TokenPairSchema, headers=NO_STORE_HEADER)
 @auth.documents_errors(401)
 @auth.doc(operationId="refreshTokens", description="Send the refresh token as the bearer token. The refresh token used is revoked.")
@@ -1963,7 +1979,7 @@ def refresh():
 
 @auth.route("/logout", methods=["POST"])
 @jwt_required()
-@transaction()
+@transaction
 @auth.response(204)
 @auth.documents_errors(401)
 @auth.doc(operationId="logout")
@@ -1983,7 +1999,7 @@ class Me(MethodView):
         return current_user
 
     @jwt_required()
-    @transaction()
+    @transaction
     @auth.arguments(ProfileSchema(), description="Your new name.", example={"name": "Ada Lovelace"})
     @auth.response(200, UserSchema)
     @auth.documents_errors(400, 401, 413, 415)
@@ -1995,7 +2011,7 @@ class Me(MethodView):
         return user
 
     @jwt_required(fresh=True)
-    @transaction()
+    @transaction
     @auth.response(204)
     @auth.documents_errors(401)
     @auth.doc(operationId="deleteAccount", description="Needs a fresh access token: one from signup or login, not from refresh.")
@@ -2009,7 +2025,7 @@ class Me(MethodView):
 
 @auth.route("/password", methods=["POST"])
 @jwt_required()
-@transaction()
+@transaction
 @auth.arguments(
     PasswordChangeSchema(),
     description="The current password and the new one.",
@@ -2380,7 +2396,8 @@ class Tasks(OwnTasksView):
         page, total, more = select_tasks(current_user, args)
         return page, pagination_headers(args, total, listing_cursor(args, page[-1]) if more else None)
 
-    @transaction(idempotent=True)
+    @transaction
+    @idempotent
     @tasks.arguments(TaskInSchema(), description="The new task; only title is required.", example=TASK_EXAMPLE)
     @tasks.response(201, TaskSchema, headers={**CREATED_HEADERS, **REPLAYED_HEADER})
     @tasks.documents_errors(400, 409, 413, 415)
@@ -2404,7 +2421,7 @@ class TaskById(OwnTasksView):
             return current_app.response_class(status=304, headers=with_etag(task)[1])
         return with_etag(task)
 
-    @transaction()
+    @transaction
     @tasks.arguments(TaskInSchema(), description="Every writable field; only title is required.", example=TASK_EXAMPLE)
     @tasks.response(200, TaskSchema, headers={**ETAG_HEADER, **NEXT_OCCURRENCE_HEADER})
     @tasks.documents_errors(400, 404, 412, 413, 415)
@@ -2417,7 +2434,7 @@ class TaskById(OwnTasksView):
         """Replace a task"""
         return update_task(lock_own_task_or_404(task_id), data)
 
-    @transaction()
+    @transaction
     @tasks.arguments(
         TaskPatchSchema(), description="Only the fields to change; {} changes nothing.", example={"title": "Write the final report"}
     )
@@ -2428,7 +2445,7 @@ class TaskById(OwnTasksView):
         """Change some fields of a task"""
         return update_task(lock_own_task_or_404(task_id), data)
 
-    @transaction()
+    @transaction
     @tasks.response(204)
     @tasks.documents_errors(404, 412)
     @tasks.doc(operationId="deleteTask", parameters=[IF_MATCH], description="Moves the task to the trash (see /api/trash).")
@@ -2441,7 +2458,8 @@ class TaskById(OwnTasksView):
 
 @tasks.route(f"/{TASK_ID}/complete")
 class TaskCompletion(OwnTasksView):
-    @transaction(idempotent=True)
+    @transaction
+    @idempotent
     @tasks.response(200, TaskSchema, headers={**ETAG_HEADER, **NEXT_OCCURRENCE_HEADER, **REPLAYED_HEADER})
     @tasks.documents_errors(404, 409, 412)
     @tasks.doc(operationId="toggleTaskCompletion", parameters=[IF_MATCH, IDEMPOTENCY_HEADER])
@@ -2575,7 +2593,7 @@ class Trash(OwnTasksView):
         page = connection.execute(TRASH_PAGE, {**params, "size": size, "offset": (args["page"] - 1) * size}).all()
         return page, pagination_headers(args, connection.execute(TRASH_COUNT, params).scalar())
 
-    @transaction()
+    @transaction
     @trash.response(204)
     @trash.doc(operationId="emptyTrash")
     def delete(self):
@@ -2585,7 +2603,7 @@ class Trash(OwnTasksView):
 
 @trash.route(f"/{TASK_ID}")
 class TrashedTask(OwnTasksView):
-    @transaction()
+    @transaction
     @trash.response(204)
     @trash.documents_errors(404)
     @trash.doc(operationId="deleteTrashedTask")
@@ -2599,7 +2617,8 @@ class TrashedTask(OwnTasksView):
 
 @trash.route(f"/{TASK_ID}/restore")
 class TaskRestore(OwnTasksView):
-    @transaction(idempotent=True)
+    @transaction
+    @idempotent
     @trash.response(200, TaskSchema, headers={**CREATED_HEADERS, **REPLAYED_HEADER})
     @trash.documents_errors(404, 409)
     @trash.doc(operationId="restoreTask", parameters=[IDEMPOTENCY_HEADER], description="The task comes back with the same id and fields.")
