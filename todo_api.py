@@ -717,80 +717,116 @@ class RecurrenceError(ValueError):
     """Why a recurrence rule is refused (the message names the part)."""
 
 
-def integers(name, text, low, high, negative=False):
-    values = []
+def integers(low, high, negative=False):
+    """A part's reader: comma-separated whole numbers from `low` to `high` (or their negatives)."""
+
+    def read(name, text, _parts):
+        values = []
+        for item in text.split(","):
+            if not INTEGER.fullmatch(item) or not (low <= abs(int(item)) <= high) or (int(item) < 0 and not negative):
+                span = f"{low} to {high}" + (f" or -{high} to -{low}" if negative else "")
+                raise RecurrenceError(f"{name} takes {span}{', comma-separated' if name.startswith('BY') else ''}.")
+            values.append(int(item))
+        return values
+
+    return read
+
+
+def frequency(_name, text, _parts):
+    if text not in FREQUENCIES:
+        raise RecurrenceError("FREQ is DAILY, WEEKLY, MONTHLY or YEARLY.")
+    return FREQUENCIES[text]
+
+
+def weekdays(_name, text, parts):
+    """BYDAY's days; an ordinal counts within the month, or within the year for a yearly rule
+    without BYMONTH."""
+    days = []
     for item in text.split(","):
-        if not INTEGER.fullmatch(item) or not (low <= abs(int(item)) <= high) or (int(item) < 0 and not negative):
-            span = f"{low} to {high}" + (f" or -{high} to -{low}" if negative else "")
-            raise RecurrenceError(f"{name} takes {span}{', comma-separated' if name.startswith('BY') else ''}.")
-        values.append(int(item))
-    return values
+        match = BYDAY_ITEM.fullmatch(item)
+        if not match:
+            raise RecurrenceError(
+                "BYDAY takes MO, TU, WE, TH, FR, SA or SU, comma-separated (with an ordinal such as 2TU or -1FR for MONTHLY and YEARLY)."
+            )
+        ordinal, day = match.groups()
+        if ordinal is None:
+            days.append(WEEKDAYS[day])
+            continue
+        freq = parts["FREQ"]
+        limit = {"MONTHLY": 5, "YEARLY": 5 if "BYMONTH" in parts else 53}.get(freq)
+        if limit is None:
+            raise RecurrenceError("An ordinal in BYDAY (such as 2TU) needs FREQ=MONTHLY or FREQ=YEARLY.")
+        if not 1 <= abs(int(ordinal)) <= limit:
+            within = " and BYMONTH" if freq == "YEARLY" and limit == 5 else ""
+            raise RecurrenceError(f"A BYDAY ordinal is 1 to {limit} or -{limit} to -1 with FREQ={freq}{within}.")
+        days.append(WEEKDAYS[day](int(ordinal)))
+    return days
 
 
-def parse_recurrence(text):
-    """The rule's parts, as rrule's keyword arguments (without dtstart), and its COUNT/UNTIL.
+def until_time(_name, text, _parts):
+    """UNTIL as a naive UTC time; a date means up to the end of that day."""
+    match = UNTIL_VALUE.fullmatch(text)
+    try:
+        if not match:
+            raise ValueError
+        until = datetime.strptime(match.group(0), "%Y%m%dT%H%M%SZ" if match.group(2) else "%Y%m%d")
+    except ValueError:
+        raise RecurrenceError("UNTIL is a UTC date-time such as 20270101T000000Z, or a date such as 20270101.") from None
+    return until if match.group(2) else until + timedelta(days=1, microseconds=-1)
 
-    Raises RecurrenceError for anything the contract does not support."""
+
+# The parts the contract supports, in the order they are checked, each with its reader (which
+# bounds its value) and the rrule argument it becomes (None: COUNT and UNTIL end the rule).
+RULE_PARTS = {
+    "FREQ": (frequency, "freq"),
+    "INTERVAL": (integers(1, 1000), "interval"),
+    "BYMONTH": (integers(1, 12), "bymonth"),
+    "BYMONTHDAY": (integers(1, 31, negative=True), "bymonthday"),
+    "BYDAY": (weekdays, "byweekday"),
+    "COUNT": (integers(1, 1000), None),
+    "UNTIL": (until_time, None),
+}
+
+
+def rule_parts(text):
+    """A rule's NAME=VALUE parts (names and values upper-cased), each a supported part, once."""
     parts = {}
     for part in text.split(";"):
         name, equals, value = part.partition("=")
         name = name.upper()
         if not equals or not value:
             raise RecurrenceError(f"Each part is NAME=VALUE, separated by semicolons; not {part!r}.")
-        if name not in ("FREQ", "INTERVAL", "BYDAY", "BYMONTHDAY", "BYMONTH", "COUNT", "UNTIL"):
+        if name not in RULE_PARTS:
             raise RecurrenceError(f"{name} is not supported: use FREQ, INTERVAL, BYDAY, BYMONTHDAY, BYMONTH, COUNT or UNTIL.")
         if name in parts:
             raise RecurrenceError(f"{name} is given twice.")
         parts[name] = value.upper()
+    return parts
+
+
+def parse_recurrence(text):
+    """The rule's parts, as rrule's keyword arguments (without dtstart), and its COUNT/UNTIL.
+
+    Raises RecurrenceError for anything the contract does not support."""
+    parts = rule_parts(text)
     if "FREQ" not in parts:
         raise RecurrenceError("FREQ is required.")
-    freq = parts["FREQ"]
-    if freq not in FREQUENCIES:
-        raise RecurrenceError("FREQ is DAILY, WEEKLY, MONTHLY or YEARLY.")
+    frequency(None, parts["FREQ"], parts)
     if "COUNT" in parts and "UNTIL" in parts:
         raise RecurrenceError("Give COUNT or UNTIL, not both.")
-    rule = {"freq": FREQUENCIES[freq], "interval": integers("INTERVAL", parts.get("INTERVAL", "1"), 1, 1000)[0]}
-    if "BYMONTH" in parts:
-        rule["bymonth"] = integers("BYMONTH", parts["BYMONTH"], 1, 12)
-    if "BYMONTHDAY" in parts:
-        if freq == "WEEKLY":
-            raise RecurrenceError("BYMONTHDAY cannot be used with FREQ=WEEKLY (RFC 5545).")
-        rule["bymonthday"] = integers("BYMONTHDAY", parts["BYMONTHDAY"], 1, 31, negative=True)
-    if "BYDAY" in parts:
-        days = []
-        for item in parts["BYDAY"].split(","):
-            match = BYDAY_ITEM.fullmatch(item)
-            if not match:
-                raise RecurrenceError(
-                    "BYDAY takes MO, TU, WE, TH, FR, SA or SU, comma-separated "
-                    "(with an ordinal such as 2TU or -1FR for MONTHLY and YEARLY)."
-                )
-            ordinal, day = match.groups()
-            if ordinal is None:
-                days.append(WEEKDAYS[day])
-                continue
-            # An ordinal counts within the month, or within the year for a yearly rule without BYMONTH.
-            limit = {"MONTHLY": 5, "YEARLY": 5 if "BYMONTH" in parts else 53}.get(freq)
-            if limit is None:
-                raise RecurrenceError("An ordinal in BYDAY (such as 2TU) needs FREQ=MONTHLY or FREQ=YEARLY.")
-            if not 1 <= abs(int(ordinal)) <= limit:
-                within = " and BYMONTH" if freq == "YEARLY" and limit == 5 else ""
-                raise RecurrenceError(f"A BYDAY ordinal is 1 to {limit} or -{limit} to -1 with FREQ={freq}{within}.")
-            days.append(WEEKDAYS[day](int(ordinal)))
-        rule["byweekday"] = days
-    count = integers("COUNT", parts["COUNT"], 1, 1000)[0] if "COUNT" in parts else None
-    until = None
-    if "UNTIL" in parts:
-        match = UNTIL_VALUE.fullmatch(parts["UNTIL"])
-        try:
-            if not match:
-                raise ValueError
-            until = datetime.strptime(match.group(0), "%Y%m%dT%H%M%SZ" if match.group(2) else "%Y%m%d")
-        except ValueError:
-            raise RecurrenceError("UNTIL is a UTC date-time such as 20270101T000000Z, or a date such as 20270101.") from None
-        if not match.group(2):
-            until += timedelta(days=1, microseconds=-1)  # a date: up to the end of that day
-    return rule, count, until
+    if "BYMONTHDAY" in parts and parts["FREQ"] == "WEEKLY":
+        raise RecurrenceError("BYMONTHDAY cannot be used with FREQ=WEEKLY (RFC 5545).")
+    values = {name: RULE_PARTS[name][0](name, parts[name], parts) for name in RULE_PARTS if name in parts}
+    rule = {argument: values[name] for name, (_, argument) in RULE_PARTS.items() if argument and name in values}
+    rule["interval"] = rule.get("interval", [1])[0]
+    return rule, values.get("COUNT", [None])[0], values.get("UNTIL")
+
+
+def counted_down(recurrence, count):
+    """The rule with its COUNT set to `count`, every other part as sent."""
+    return ";".join(
+        f"{part.partition('=')[0]}={count}" if part.partition("=")[0].upper() == "COUNT" else part for part in recurrence.split(";")
+    )
 
 
 def with_start_defaults(rule, start):
@@ -909,11 +945,7 @@ def next_occurrence(task):
     due = first_after(rule, task.due_date)
     if due is None or count == 1 or (until is not None and due > until):
         return None
-    recurrence = task.recurrence
-    if count is not None:
-        recurrence = ";".join(
-            f"{part.partition('=')[0]}={count - 1}" if part.partition("=")[0].upper() == "COUNT" else part for part in recurrence.split(";")
-        )
+    recurrence = task.recurrence if count is None else counted_down(task.recurrence, count - 1)
     return {
         "title": task.title,
         "description": task.description,
