@@ -1105,7 +1105,8 @@ class OneStepDump(ma.Schema):
     def dump(self, obj, *, many=None):
         if self.many if many is None else many:
             return [self.dump(item, many=False) for item in obj]
-        return {key: (get(obj) if convert is None or get(obj) is None else convert(get(obj))) for key, get, convert in self.plan}
+        values = ((key, get(obj), convert) for key, get, convert in self.plan)
+        return {key: value if convert is None or value is None else convert(value) for key, value, convert in values}
 
     @functools.cached_property
     def plan(self):
@@ -2259,21 +2260,21 @@ def keyset_position(args):
     """The (sort value, id) an `after` cursor continues from, once it proves to be this account's,
     for this sort and these filters; else a 422 naming `after`. (The MAC proves the service made
     it; what it holds is still checked before it reaches SQL.)"""
+
+    def refuse(message):
+        abort(422, message=MESSAGES[422], errors={"query": {"after": [message]}})
+
     try:
         owner, fingerprint, value, task_id = args["after"]
         position = (sort_value_from_json(args["sort"].lstrip("-"), value), task_id)
         if not is_json_count(task_id):
             raise TypeError(task_id)
     except (TypeError, ValueError):
-        position, message = None, Cursor.default_error_messages["invalid"]
-    else:
-        message = None
-        if owner != current_user.id:
-            message = "This cursor was made for another account."
-        elif fingerprint != listing_fingerprint(args):
-            message = "This cursor was made for another sort or other filters."
-    if message is not None:
-        abort(422, message=MESSAGES[422], errors={"query": {"after": [message]}})
+        refuse(Cursor.default_error_messages["invalid"])
+    if owner != current_user.id:
+        refuse("This cursor was made for another account.")
+    if fingerprint != listing_fingerprint(args):
+        refuse("This cursor was made for another sort or other filters.")
     return position
 
 
@@ -2286,7 +2287,8 @@ COUNTED_FIRST = {"due_before", "due_after"}
 def select_tasks(user, args):
     """One page of a user's tasks for validated query args, the total, and whether more tasks
     follow: one SQL statement for the page. The total is the user's task counter when nothing is
-    filtered; else a page by number tells it when it is short; else one more statement counts."""
+    filtered; else a due range is counted first; else a page by number tells it when it is short;
+    else one more statement counts."""
     filters = FILTER_CONDITIONS.keys() & args.keys()
     after = keyset_position(args) if args["page"] is None else None
     shape = None if after is None else "null" if after[0] is None else "value"
