@@ -49,7 +49,6 @@ import threading
 import time
 import unicodedata
 import uuid
-from collections import Counter, defaultdict
 from datetime import UTC, date, datetime, timedelta
 from functools import wraps
 from http import HTTPStatus
@@ -572,11 +571,10 @@ class IdempotencyKey(db.Model):
 
 # --- What a task's writes imply: its owner's change number and counter, its tag rows, tombstones ---
 #
-# Every path that writes tasks goes through these functions: the ORM's flushes of the app's
-# session (number_task_writes and follow_task_writes below: successors, updates, trash, restore),
-# insert_task (POST) and delete_for_good (deleting from the trash, the purge). No path deletes a
-# task through the ORM. Account deletion deletes its tasks with their owner: its counter, change
-# numbers and tombstones go too.
+# Every path that writes tasks calls one of three functions, and nothing else writes them:
+# write_tasks (create, a successor, update, trash, restore), delete_for_good (from the trash, the
+# purge) and delete_account. Each numbers the change on the owner's row first (next_change), then
+# writes the tasks, then their tag rows or tombstones.
 
 task_tags, users_table, tombstones_table = TaskTag.__table__, User.__table__, TaskTombstone.__table__
 # With RETURNING, SQLAlchemy sends many rows as one multi-row INSERT ("insertmanyvalues", 1,000
@@ -626,46 +624,33 @@ def is_live(deleted_at):
     return deleted_at is None
 
 
-@event.listens_for(RequestSession, "before_flush")
-def number_task_writes(session, _flush_context, _instances):
-    """Before the ORM writes tasks: one change number per owner (moving the counter by the tasks
-    created, trashed or restored), carried by every written task."""
-    written, live = defaultdict(list), Counter()
-    for task in (obj for obj in session.new if isinstance(obj, Task)):
-        written[task.user_id].append(task)
-        live[task.user_id] += is_live(task.deleted_at)
-    for task in (obj for obj in session.dirty if isinstance(obj, Task) and session.is_modified(obj)):
-        written[task.user_id].append(task)
-        if history := inspect(task).attrs.deleted_at.history.deleted:
-            live[task.user_id] += is_live(task.deleted_at) - is_live(history[0])
-    for user_id, owned in written.items():
-        change = next_change(session.connection(), user_id, live[user_id])
-        for task in owned:
-            task.change_seq = change
+def live_change(task):
+    """How a changed task moves its owner's live-task counter: -1 into the trash, +1 out of it."""
+    before = inspect(task).attrs.deleted_at.history.deleted
+    return is_live(task.deleted_at) - is_live(before[0]) if before else 0
 
 
-@event.listens_for(RequestSession, "after_flush")
-def follow_task_writes(session, _flush_context):
-    """After the ORM wrote tasks (new ones now have ids): their tag rows, in the flush's transaction."""
-    tasks = lambda objects: [obj for obj in objects if isinstance(obj, Task)]  # noqa: E731
+def write_tasks(user_id, created=(), changed=()):
+    """One numbered change to a user's tasks, returning the new ones (with their ids). `created`:
+    new tasks' fields, stored with Core statements, cheaper than the ORM's unit of work (the row
+    as the model builds it: defaults, derived fields, version 1). `changed`: the ORM tasks a view
+    changed, flushed (each UPDATE checks the version it read). Then the tag rows of both."""
+    connection = db.session.connection()
+    change = next_change(connection, user_id, len(created) + sum(live_change(task) for task in changed))
     retagged = []
-    for task in tasks(session.dirty):
+    for task in changed:
         history = inspect(task).attrs.tags.history
         if history.added or history.deleted:
             retagged.append((task, history.deleted[0] if history.deleted else ()))
-    keep_tag_rows(session.connection(), tasks(session.new), retagged)
-
-
-def insert_task(user_id, fields):
-    """Store a new task with Core statements, cheaper than the ORM's unit of work: the
-    row as the model builds it (defaults, derived fields; version 1 as the ORM would give it),
-    numbered by next_change, then its tag rows. Returns the task, with its id."""
-    connection = db.session.connection()
-    task = Task(user_id=user_id, version=1, change_seq=next_change(connection, user_id, live=1), **fields)
-    values = {attr.columns[0].key: getattr(task, attr.key) for attr in inspect(Task).column_attrs if attr.key != "id"}
-    task.id = connection.execute(INSERT_TASK, values).scalar_one()
-    keep_tag_rows(connection, created=[task])
-    return task
+        task.change_seq = change
+    db.session.flush()
+    new = [Task(user_id=user_id, version=1, change_seq=change, **fields) for fields in created]
+    for task in new:
+        # The fields the task has; the columns' defaults fill in the rest, as the ORM's would.
+        values = {attr.columns[0].key: getattr(task, attr.key) for attr in inspect(Task).column_attrs if attr.key != "id"}
+        task.id = connection.execute(INSERT_TASK, {key: value for key, value in values.items() if value is not None}).scalar_one()
+    keep_tag_rows(connection, new, retagged)
+    return new
 
 
 def delete_for_good(connection, where, user_id=None):
@@ -695,6 +680,14 @@ def delete_for_good(connection, where, user_id=None):
             ],
         )
     return len(rows)
+
+
+def delete_account(connection, user_id):
+    """Delete a user and all of theirs. The tasks go first, then the account (its sessions, tag
+    rows, tombstones and keys cascade): a task write locks its task before its owner's row, and
+    so does this, so neither waits on the other. No change number or tombstone outlives it."""
+    connection.execute(delete(Task.__table__).where(Task.user_id == user_id))
+    connection.execute(delete(users_table).where(users_table.c.id == user_id))
 
 
 # --- Recurring tasks: RFC 5545 rules, as far as the contract goes ---
@@ -2050,10 +2043,7 @@ class Me(MethodView):
     @auth.doc(operationId="deleteAccount", description="Needs a fresh access token: one from signup or login, not from refresh.")
     def delete(self):
         """Delete your account and all your tasks"""
-        # The tasks before the account (its sessions, tombstones and keys cascade): a task write
-        # locks its task before the owner's row, and so does this, so neither waits on the other.
-        db.session.execute(delete(Task.__table__).where(Task.user_id == current_user.id))
-        db.session.execute(delete(User).where(User.id == current_user.id))
+        delete_account(db.session.connection(), current_user.id)
 
 
 @auth.route("/password", methods=["POST"])
@@ -2402,20 +2392,19 @@ def update_task(task, changes):
 
     Every path that completes a task comes here: a recurring task that becomes completed for
     the first time makes its next occurrence (from its fields after `changes`), in the same
-    flush, and the answer links it."""
+    change, and the answer links it."""
     check_if_match(task)
-    was_completed, successor = task.completed, None
+    was_completed, successors = task.completed, []
     if task.apply(changes):
         if changes.keys() & {"recurrence", "due_date"}:
             check_recurrence(task.recurrence, task.due_date)
+        created = []
         if task.completed and not was_completed and task.recurrence and not task.recurred:
             task.recurred = True  # once: completed again after a reopening, it makes none
-            if (fields := next_occurrence(task)) is not None:
-                successor = Task(user_id=task.user_id, **fields)
-                db.session.add(successor)
-        db.session.flush()
+            created = [fields] if (fields := next_occurrence(task)) is not None else []
+        successors = write_tasks(task.user_id, created, [task])
     task, headers = with_etag(task)
-    if successor is not None:
+    for successor in successors:
         headers["Link"] = f'<{url_for("tasks.TaskById", task_id=successor.id)}>; rel="next-occurrence"'
     return task, headers
 
@@ -2439,7 +2428,7 @@ class Tasks(OwnTasksView):
     def post(self, data):
         """Create a task"""
         check_recurrence(data["recurrence"], data["due_date"])
-        return task_with_location(insert_task(current_user.id, data))
+        return task_with_location(write_tasks(current_user.id, created=[data])[0])
 
 
 @tasks.route(f"/{TASK_ID}")
@@ -2488,6 +2477,7 @@ class TaskById(OwnTasksView):
         task = lock_own_task_or_404(task_id)
         check_if_match(task)
         task.deleted_at = utcnow()
+        write_tasks(current_user.id, changed=[task])
 
 
 @tasks.route(f"/{TASK_ID}/complete")
@@ -2663,7 +2653,7 @@ class TaskRestore(OwnTasksView):
         if task is None:
             abort(404, message="No such task in your trash.")
         task.deleted_at, task.updated_at = None, utcnow()
-        db.session.flush()
+        write_tasks(current_user.id, changed=[task])
         return task_with_location(task)
 
 

@@ -170,9 +170,9 @@ FILTERED_QUERIES = ["", "?tag=work", "?completed=false", "?priority=medium", "?d
 
 
 def seed_scale(database_url, big_user_tasks, total_tasks):
-    """A user with big_user_tasks tasks among total_tasks, written through the app's models: the
-    tag rows and task counters are kept by the same code as for the API's own writes."""
-    from todo_api import PRIORITIES, Task, User, create_app, db, password_hasher
+    """A user with big_user_tasks tasks among total_tasks, written through the app's own write
+    path: the tag rows and task counters are kept by the same code as for the API's writes."""
+    from todo_api import PRIORITIES, User, create_app, db, password_hasher
 
     app = create_app(
         # Seeding and VACUUM are no requests: they may take longer than a request may wait.
@@ -189,22 +189,19 @@ def seed_scale(database_url, big_user_tasks, total_tasks):
         db.session.commit()
         start, rng = datetime(2026, 1, 1), random.Random(7)
         for user, count in [(users[0], big_user_tasks), *((user, per_other) for user in users[1:])]:
-            for i in range(count):
-                created = start + timedelta(seconds=i)
-                db.session.add(
-                    Task(
-                        user_id=user.id,
-                        title=f"Task {i} of user {user.id}",
-                        completed=i % 3 == 0,
-                        priority=rng.randrange(len(PRIORITIES)),
-                        due_date=created + timedelta(days=rng.randrange(60)) if i % 2 else None,
-                        tags=[f"tag{i % 10}"],
-                        created_at=created,
-                        updated_at=created,
-                    )
-                )
-                if len(db.session.new) >= 5_000:
-                    db.session.commit()
+            fields = [
+                {
+                    "title": f"Task {i} of user {user.id}",
+                    "completed": i % 3 == 0,
+                    "priority": rng.randrange(len(PRIORITIES)),
+                    "due_date": start + timedelta(seconds=i, days=rng.randrange(60)) if i % 2 else None,
+                    "tags": [f"tag{i % 10}"],
+                    "created_at": start + timedelta(seconds=i),
+                    "updated_at": start + timedelta(seconds=i),
+                }
+                for i in range(count)
+            ]
+            write_in_batches(user.id, fields)
         db.session.commit()
         settle(db.engine)
         db.engine.dispose()
@@ -213,7 +210,7 @@ def seed_scale(database_url, big_user_tasks, total_tasks):
 def seed_filtered(database_url, tasks):
     """A user with `tasks` tasks, all tagged "work", open, of medium priority and due never: every
     filter but a due range matches them all (issue 20's account for filtered lists)."""
-    from todo_api import Task, User, create_app, db, password_hasher
+    from todo_api import User, create_app, db, password_hasher
 
     app = create_app(
         {"SQLALCHEMY_DATABASE_URI": database_url, "JWT_SECRET_KEY": SECRET, "AUTO_MIGRATE": False, "DATABASE_TIMEOUT": 3600},
@@ -224,14 +221,21 @@ def seed_filtered(database_url, tasks):
         db.session.add(user)
         db.session.commit()
         start = datetime(2026, 1, 1)
-        for i in range(tasks):
-            created = start + timedelta(seconds=i)
-            db.session.add(Task(user_id=user.id, title=f"T{i}", tags=["work"], created_at=created, updated_at=created))
-            if len(db.session.new) >= 5_000:
-                db.session.commit()
+        times = [start + timedelta(seconds=i) for i in range(tasks)]
+        write_in_batches(user.id, [{"title": f"T{i}", "tags": ["work"], "created_at": t, "updated_at": t} for i, t in enumerate(times)])
         db.session.commit()
         settle(db.engine)
         db.engine.dispose()
+
+
+def write_in_batches(user_id, fields, size=5_000):
+    """New tasks through the app's own write path (write_tasks: counters, change numbers, tag
+    rows), committed `size` at a time."""
+    from todo_api import db, write_tasks
+
+    for start in range(0, len(fields), size):
+        write_tasks(user_id, created=fields[start : start + size])
+        db.session.commit()
 
 
 def settle(engine):

@@ -483,18 +483,3 @@ def test_a_tag_whose_lower_case_is_longer_than_itself_is_stored_and_filtered(cli
     assert response.status_code == 200 and [found["id"] for found in response.json] == [task["id"]]
     replaced = client.put(f"/api/tasks/{task['id']}", json={"title": "t", "tags": ["İ" * 49 + "x"]}, headers=auth_headers)
     assert replaced.status_code == 200 and replaced.json["tags"] == ["i̇" * 49 + "x"]
-
-
-def test_the_write_bookkeeping_is_the_apps_session_only(app, client, make_user):
-    """The flush listeners that number a user's changes live on the app's session class: a plain
-    SQLAlchemy session elsewhere in the process (a script's, a test's) writes only what it says."""
-    from sqlalchemy.orm import Session
-
-    user = make_user()
-    with app.app_context():
-        before = db.session.get(User, user["user"]["id"]).change_seq
-        db.session.remove()
-        with Session(db.engine) as plain:
-            plain.add(Task(user_id=user["user"]["id"], title="written elsewhere", version=1, change_seq=0))
-            plain.commit()
-        assert db.session.get(User, user["user"]["id"]).change_seq == before
