@@ -81,7 +81,7 @@ from flask_jwt_extended.exceptions import JWTDecodeError
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_smorest import abort
-from flask_smorest.pagination import PaginationMetadataSchema
+from flask_smorest.pagination import PaginationMetadataSchema, PaginationParameters
 from flask_sqlalchemy import SQLAlchemy
 from marshmallow import fields, validate
 from sqlalchemy import (
@@ -2292,7 +2292,7 @@ def select_tasks(user, args):
     if after is not None:
         page = connection.execute(page_query, {**params, "size": size + 1, "after_value": after[0], "after_id": after[1]}).all()
         return page[:size], count() if total is None else total, len(page) > size
-    offset = (args["page"] - 1) * size
+    offset = PaginationParameters(args["page"], size).first_item
     page = [] if total is not None and offset >= total else connection.execute(page_query, {**params, "size": size, "offset": offset}).all()
     if total is None:
         total = offset + len(page) if 0 < len(page) < size or (offset == 0 and not page) else count()
@@ -2300,10 +2300,10 @@ def select_tasks(user, args):
 
 
 def pagination_metadata(page, page_size, total):
-    """flask-smorest's X-Pagination metadata (its PaginationMetadataSchema documents it): the
-    total, the page count, and the first, last, previous, next and current pages that exist.
-    (`@blp.paginate` would parse page and page_size with a schema of its own, looser than the
-    contract's: unknown keys ignored, non-ASCII digits accepted.)"""
+    """flask-smorest's X-Pagination metadata, as its PaginationMetadataSchema documents it: the
+    total, the page count, and the first, last, previous, next and current pages that exist; a
+    keyset page (no page number) has the total and the page count. Not `@blp.paginate`: it parses
+    page and page_size by a looser schema of its own, and its metadata has no keyset page."""
     meta = {"total": total, "total_pages": -(-total // page_size)}
     if total and page is not None:
         meta.update(first_page=1, last_page=meta["total_pages"])
@@ -2614,7 +2614,8 @@ class Trash(OwnTasksView):
         params = {"user_id": current_user.id, "cutoff": trash_cutoff()}
         size = args["page_size"]
         connection = db.session.connection()
-        page = connection.execute(TRASH_PAGE, {**params, "size": size, "offset": (args["page"] - 1) * size}).all()
+        offset = PaginationParameters(args["page"], size).first_item
+        page = connection.execute(TRASH_PAGE, {**params, "size": size, "offset": offset}).all()
         return page, pagination_headers(args, connection.execute(TRASH_COUNT, params).scalar())
 
     @transaction
