@@ -75,14 +75,19 @@ from flask_jwt_extended import (
     create_refresh_token,
     current_user,
     get_jwt,
+    get_jwt_header,
     jwt_required,
+    verify_jwt_in_request,
 )
-from flask_jwt_extended.exceptions import JWTDecodeError
+from flask_jwt_extended.exceptions import FreshTokenRequired, JWTDecodeError
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_smorest import abort
 from flask_smorest.pagination import PaginationMetadataSchema, PaginationParameters
 from flask_sqlalchemy import SQLAlchemy
+from jwt import PyJWK, PyJWKClient
+from jwt import decode as decode_unverified
+from jwt.exceptions import PyJWKClientError, PyJWKError, PyJWTError
 from marshmallow import fields, validate
 from sqlalchemy import (
     JSON,
@@ -113,6 +118,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
@@ -139,6 +145,12 @@ class Config:
     DATABASE_TIMEOUT = 5.0  # seconds: the longest a request waits on the database (see limit_database_waits)
 
     JWT_SECRET_KEY = None  # generated once into the instance folder when not configured
+    # The service's own tokens are HS256; an identity provider's (AUTH_ISSUER) one of these.
+    JWT_DECODE_ALGORITHMS = ["HS256", "EdDSA", "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
+    AUTH_ISSUER = ""  # the frontend's identity provider, its tokens' iss exactly; "": only the service's own tokens
+    AUTH_JWKS_URL = ""  # where it publishes its keys; "": <AUTH_ISSUER>/api/auth/jwks (Better Auth's)
+    AUTH_AUDIENCE = ""  # the aud its tokens carry; "": AUTH_ISSUER (Better Auth's default)
+    LOCAL_ACCOUNTS = True  # false: signup, login, refresh and password change answer 403
     JWT_TOKEN_LOCATION = ["headers"]
     JWT_COOKIE_CSRF_PROTECT = False  # no cookies, so no CSRF claim in the tokens
     JWT_ENCODE_NBF = False  # "nbf" would equal "iat": shorter tokens are parsed faster
@@ -378,14 +390,26 @@ def utcnow():
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+LOCAL_ONLY = {"sqlite_where": text("issuer IS NULL"), "postgresql_where": text("issuer IS NULL")}
+
+
 class User(db.Model):
+    """A local account (email and password) or an issuer account (AUTH_ISSUER's issuer and
+    subject, made by its first accepted token; no password, its email as the tokens say)."""
+
     __tablename__ = "users"
-    __table_args__ = {"sqlite_autoincrement": True}  # never reuse a deleted account's id
+    __table_args__ = (
+        Index("uq_users_local_email", "email", unique=True, **LOCAL_ONLY),  # an issuer account may share a local one's
+        Index("uq_users_issuer_subject", "issuer", "subject", unique=True),
+        {"sqlite_autoincrement": True},  # never reuse a deleted account's id
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    email: Mapped[str] = mapped_column(String(254), unique=True)
+    email: Mapped[str | None] = mapped_column(String(254))
     name: Mapped[str] = mapped_column(String(100), default="")
-    password_hash: Mapped[str] = mapped_column(String(255))
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    issuer: Mapped[str | None] = mapped_column(String(255))
+    subject: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     # How many tasks the user has, changed in the transaction that creates or deletes one: an
     # unfiltered listing's total without counting its rows (docs/performance.md).
@@ -1341,9 +1365,15 @@ class SyncArgsSchema(StrictSchema):
 
 class UserSchema(ma.Schema):
     id = fields.Integer(required=True)
-    email = fields.String(required=True)
+    email = fields.String(required=True, allow_none=True, metadata={"description": "null for an issuer account whose tokens carry none."})
     name = fields.String(required=True, metadata={"description": '"" when the user gave none.'})
     created_at = UTCDateTime(required=True)
+    issuer = fields.String(
+        required=True, allow_none=True, metadata={"description": "AUTH_ISSUER for an issuer account; null for a local one."}
+    )
+    subject = fields.String(
+        required=True, allow_none=True, metadata={"description": "The issuer's sub for this person; null for a local account."}
+    )
 
 
 class TokenPairSchema(ma.Schema):
@@ -1671,6 +1701,8 @@ TOKEN_MISTAKES = {
     "(refresh_token from signup, login or the last refresh).",
     "Bad Authorization header": "The Authorization header is 'Bearer ' and the token alone: the word Bearer appears "
     "twice, or the token has spaces in it (in Swagger UI's Authorize, paste the token without 'Bearer').",
+    "the signature's key is not one": "Invalid token: it is signed with a key the identity provider does not publish.",
+    "the algorithm is not one": "Invalid token: an identity provider's token is signed with an asymmetric algorithm.",
 }
 
 
@@ -1713,12 +1745,107 @@ def has_every_claim(claims):
     )
 
 
+ISSUER_ALGORITHMS = frozenset(Config.JWT_DECODE_ALGORITHMS) - {"HS256"}
+ISSUER_FRESH_SECONDS = 300  # an issuer token this young counts as fresh (deleting the account)
+
+
+class IssuerKeys:
+    """AUTH_ISSUER's public keys (its JWKS, read with PyJWT's PyJWKClient), fetched when first
+    needed and kept. A key the kept set lacks fetches the set again, at most once per
+    REFETCH_AFTER seconds whatever tokens arrive; a fetch gives up after FETCH_TIMEOUT. Each
+    fetch replaces the kept set: a key the issuer dropped stops verifying, a new one starts."""
+
+    REFETCH_AFTER, FETCH_TIMEOUT = 30.0, 3.0
+
+    def __init__(self, url):
+        self.client = PyJWKClient(url, cache_jwk_set=False, cache_keys=False, timeout=self.FETCH_TIMEOUT)
+        self.keys, self.fetched, self.failed, self.lock = {}, None, None, threading.Lock()
+        self.clock = time.monotonic
+
+    def key(self, kid):
+        """The issuer's key named `kid`, or None when the set, fetched, has none; a 503 while the
+        set cannot be fetched and no kept key has that name."""
+        with self.lock:
+            last = max((moment for moment in (self.fetched, self.failed) if moment is not None), default=None)
+            if kid not in self.keys and (last is None or self.clock() - last >= self.REFETCH_AFTER):
+                self.fetch()
+            if kid in self.keys:
+                return self.keys[kid]
+            if self.failed is not None and (self.fetched is None or self.failed > self.fetched):
+                retry = max(1, math.ceil(self.failed + self.REFETCH_AFTER - self.clock()))
+                abort(
+                    503, message="The identity provider's keys cannot be fetched; try again shortly.", headers={"Retry-After": str(retry)}
+                )
+            return None
+
+    def fetch(self):
+        try:
+            entries = self.client.fetch_data().get("keys")
+            if not isinstance(entries, list):
+                raise ValueError("no keys array")
+        except (PyJWKClientError, ValueError, AttributeError):
+            self.failed = self.clock()
+            current_app.logger.warning("the identity provider's keys could not be fetched")
+            return
+        self.keys = {}
+        for entry in entries:
+            try:
+                key = PyJWK(entry)
+            except (PyJWKError, PyJWTError, TypeError, ValueError, KeyError):
+                continue  # a key of a kind PyJWT cannot use: no token verifies with it
+            if isinstance(key.key_id, str) and key.algorithm_name in ISSUER_ALGORITHMS:
+                self.keys[key.key_id] = key
+        self.fetched = self.clock()
+
+
+def is_issuer_token(claims):
+    issuer = current_app.config["AUTH_ISSUER"]
+    return bool(issuer) and claims.get("iss") == issuer
+
+
+def is_claim_time(value):
+    return type(value) in (int, float)
+
+
+def has_issuer_claims(claims):
+    """The claims an issuer token must carry: aud (AUTH_AUDIENCE, or a list with it), exp and
+    iat, and a sub of 1-255 characters without control characters."""
+    audience, subject = claims.get("aud"), claims.get("sub")
+    wanted = current_app.config["AUTH_AUDIENCE"] or current_app.config["AUTH_ISSUER"]
+    return (
+        (audience == wanted or (isinstance(audience, list) and wanted in audience))
+        and is_claim_time(claims.get("exp"))
+        and is_claim_time(claims.get("iat"))
+        and isinstance(subject, str)
+        and 1 <= len(subject) <= 255
+        and not any(unicodedata.category(char) == "Cc" for char in subject)
+    )
+
+
+def issuer_key(header, claims):
+    """The issuer's key that verifies this token (the signature check follows): the token's
+    alg must be asymmetric and its key's (PyJWT checks the latter), its kid one the issuer
+    publishes, its claims complete."""
+    if header.get("alg") not in ISSUER_ALGORITHMS:
+        raise JWTDecodeError("the algorithm is not one an identity provider signs with")
+    if not has_issuer_claims(claims):
+        raise JWTDecodeError("a claim is missing or malformed")
+    kid = header.get("kid")
+    key = current_app.extensions["issuer_keys"].key(kid) if isinstance(kid, str) and kid else None
+    if key is None:
+        raise JWTDecodeError("the signature's key is not one the identity provider publishes")
+    return key
+
+
 @jwt.decode_key_loader
-def key_for_a_complete_token(_header, claims):
-    """The key that verifies a token (the configured one), given only for a token that carries
-    every claim of TOKEN_CLAIMS: anything else is a 401 before its signature is even checked.
+def key_for_a_complete_token(header, claims):
+    """The key that verifies a token: the issuer's (issuer_key) for a token whose iss is
+    AUTH_ISSUER; else the configured one, given only for an HS256 token that carries every
+    claim of TOKEN_CLAIMS. Anything else is a 401 before its signature is even checked.
     (Nothing is accepted from these unverified claims; the signature check follows.)"""
-    if not has_every_claim(claims):
+    if is_issuer_token(claims):
+        return issuer_key(header, claims)
+    if header.get("alg") != "HS256" or not has_every_claim(claims):
         raise JWTDecodeError("a claim is missing or malformed")
     return flask_jwt_extended.config.config.decode_key
 
@@ -1731,6 +1858,8 @@ SESSION_USER = (
         users_table.c.email,
         users_table.c.name,
         users_table.c.created_at,
+        users_table.c.issuer,
+        users_table.c.subject,
         users_table.c.task_count,
         users_table.c.change_seq,
         sessions_table.c.refresh_jti,
@@ -1744,10 +1873,44 @@ SESSION_USER = (
 )
 
 
+ACCOUNT_COLUMNS = [column for column in SESSION_USER.selected_columns if column.table is users_table]
+ISSUER_ACCOUNT = select(*ACCOUNT_COLUMNS, null().label("refresh_jti")).where(
+    users_table.c.issuer == bindparam("issuer"), users_table.c.subject == bindparam("subject")
+)
+DIALECT_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+def claim_text(claims, name, longest):
+    """A profile claim (email, name) as the account keeps it, or None: text without NUL, cut to `longest`."""
+    value = claims.get(name)
+    return value.replace("\x00", "")[:longest] if isinstance(value, str) else None
+
+
+def issuer_account(claims):
+    """The account of an issuer token's (issuer, sub), made by its first accepted token (one,
+    however many requests arrive at once) and never joined to a local account; its email and
+    name follow the token's claims."""
+    params = {"issuer": claims["iss"], "subject": claims["sub"]}
+    email, name = claim_text(claims, "email", 254), claim_text(claims, "name", 100) or ""
+    connection = db.session.connection()
+    row = connection.execute(ISSUER_ACCOUNT, params).first()
+    if row is None:
+        made = DIALECT_INSERTS[connection.dialect.name](users_table).on_conflict_do_nothing(index_elements=["issuer", "subject"])
+        connection.execute(made, {**params, "email": email, "name": name, "created_at": utcnow()})
+    elif (row.email, row.name) != (email, name):
+        connection.execute(update(users_table).where(users_table.c.id == row.id).values(email=email, name=name))
+    else:
+        return row
+    return connection.execute(ISSUER_ACCOUNT, params).first()
+
+
 @jwt.user_lookup_loader
 def load_session_user(_header, claims):
-    """One query checks the token's session (for a refresh token, that it is the session's
-    current one) and loads its user; None makes the token a 401."""
+    """An issuer token's account (issuer_account); else one query checks the token's session
+    (for a refresh token, that it is the session's current one) and loads its user. None makes
+    the token a 401."""
+    if is_issuer_token(claims):
+        return issuer_account(claims)
     params = {"user_id": int(claims["sub"]), "sid": claims["sid"], "now": utcnow()}  # has_every_claim checked them
     # A row, not an ORM object: most requests only need the id. Views that change the user load it.
     row = db.session.connection().execute(SESSION_USER, params).first()
@@ -1809,6 +1972,49 @@ def login_email_key():
         body = None
     email = body.get("email") if isinstance(body, dict) else None
     return f"login-email:{email.strip().lower() if isinstance(email, str) else ''}"
+
+
+def local_accounts(view):
+    """A route of local accounts: a 403 while LOCAL_ACCOUNTS is off (the identity provider signs people in)."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if not current_app.config["LOCAL_ACCOUNTS"]:
+            abort(403, message="Local accounts are off here: sign in with the identity provider (AUTH_ISSUER).")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def bearer_claims():
+    """The bearer token's claims, unverified, or {} (to tell an issuer token; verification follows)."""
+    scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+    try:
+        return decode_unverified(token.strip(), options={"verify_signature": False}) if scheme == "Bearer" else {}
+    except PyJWTError:
+        return {}
+
+
+def issuer_manages(view):
+    """A route of the service's own sessions and profiles: with a valid issuer token, a 403."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if is_issuer_token(bearer_claims()):
+            verify_jwt_in_request()
+            abort(403, message="The identity provider (AUTH_ISSUER) manages this account's sessions and profile.")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def require_fresh_token():
+    """A fresh token (the service's own from signup or login; an issuer token at most
+    ISSUER_FRESH_SECONDS old), else flask-jwt-extended's 401 for a token that is not fresh."""
+    claims = get_jwt()
+    fresh = time.time() - claims["iat"] <= ISSUER_FRESH_SECONDS if is_issuer_token(claims) else claims["fresh"] is True
+    if not fresh:
+        raise FreshTokenRequired("Fresh token required", get_jwt_header(), claims)
 
 
 def config_limit(key):
@@ -1945,11 +2151,12 @@ ACCOUNT = {"email": "grace@example.com", "password": "correct horse battery"}
 
 
 @auth.route("/signup", methods=["POST"])
+@local_accounts
 @limiter.limit(config_limit("SIGNUP_ADDRESS_LIMIT"))
 @transaction
 @auth.arguments(SignupSchema(), description="The new account.", example={**ACCOUNT, "name": "Grace"})
 @auth.response(201, TokenPairSchema, headers=NO_STORE_HEADER)
-@auth.documents_errors(400, 409, 413, 415, 429)
+@auth.documents_errors(400, 403, 409, 413, 415, 429)
 @auth.doc(operationId="signup", **NO_AUTH)
 def signup(data):
     """Create an account and log in"""
@@ -1965,16 +2172,17 @@ def signup(data):
 
 
 @auth.route("/login", methods=["POST"])
+@local_accounts
 @limiter.limit(config_limit("LOGIN_ADDRESS_LIMIT"))
 @limiter.limit(config_limit("LOGIN_EMAIL_LIMIT"), key_func=login_email_key, deduct_when=lambda r: r.status_code == 401)
 @transaction
 @auth.arguments(LoginSchema(), description="The account's credentials.", example=ACCOUNT)
 @auth.response(200, TokenPairSchema, headers=NO_STORE_HEADER)
-@auth.documents_errors(400, 401, 413, 415, 429)
+@auth.documents_errors(400, 401, 403, 413, 415, 429)
 @auth.doc(operationId="login", **NO_AUTH)
 def login(data):
     """Log in: start a session"""
-    user = db.session.scalar(select(User).where(User.email == data["email"]))
+    user = db.session.scalar(select(User).where(User.email == data["email"], User.issuer.is_(None)))
     db.session.commit()  # end the read: no database lock is held through the slow hash check
     # An unknown email is checked against a dummy hash: both failures cost the same.
     if not (user or User(password_hash=DUMMY_HASH)).verify_password(data["password"]) or user is None:
@@ -1983,10 +2191,12 @@ def login(data):
 
 
 @auth.route("/refresh", methods=["POST"])
+@local_accounts
+@issuer_manages
 @jwt_required(refresh=True)
 @transaction
 @auth.response(200, TokenPairSchema, headers=NO_STORE_HEADER)
-@auth.documents_errors(401)
+@auth.documents_errors(401, 403)
 @auth.doc(operationId="refreshTokens", description="Send the refresh token as the bearer token. The refresh token used is revoked.")
 def refresh():
     """Trade a refresh token for a new pair"""
@@ -2004,10 +2214,11 @@ def refresh():
 
 
 @auth.route("/logout", methods=["POST"])
+@issuer_manages
 @jwt_required()
 @transaction
 @auth.response(204)
-@auth.documents_errors(401)
+@auth.documents_errors(401, 403)
 @auth.doc(operationId="logout")
 def logout():
     """Log out: revoke this session's access and refresh tokens"""
@@ -2024,11 +2235,12 @@ class Me(MethodView):
         """Show your account"""
         return current_user
 
+    @issuer_manages
     @jwt_required()
     @transaction
     @auth.arguments(ProfileSchema(), description="Your new name.", example={"name": "Ada Lovelace"})
     @auth.response(200, UserSchema)
-    @auth.documents_errors(400, 401, 413, 415)
+    @auth.documents_errors(400, 401, 403, 413, 415)
     @auth.doc(operationId="updateAccount")
     def patch(self, data):
         """Change your name"""
@@ -2036,17 +2248,20 @@ class Me(MethodView):
         user.name = data["name"]
         return user
 
-    @jwt_required(fresh=True)
+    @jwt_required()
     @transaction
     @auth.response(204)
     @auth.documents_errors(401)
     @auth.doc(operationId="deleteAccount", description="Needs a fresh access token: one from signup or login, not from refresh.")
     def delete(self):
         """Delete your account and all your tasks"""
+        require_fresh_token()
         delete_account(db.session.connection(), current_user.id)
 
 
 @auth.route("/password", methods=["POST"])
+@local_accounts
+@issuer_manages
 @jwt_required()
 @transaction
 @auth.arguments(
@@ -2105,11 +2320,12 @@ def own_task_row_or_404(task_id):
 
 
 def caller_owns_path(view):
-    """Phase II paths carry a user id: anyone else's is a 403 (after auth, before anything else)."""
+    """Phase II paths carry the caller's id (an issuer account's: its subject, or its id): any
+    other is a 403 (after auth, before anything else)."""
 
     @wraps(view)
     def wrapper(*args, user_id=None, **kwargs):
-        if user_id is not None and user_id != current_user.id:
+        if user_id is not None and user_id not in (str(current_user.id), current_user.subject):
             abort(403, message="This path belongs to another user.")
         return view(*args, **kwargs)
 
@@ -2662,7 +2878,7 @@ class TaskRestore(OwnTasksView):
 
 # Phase II frontends call the same views under the caller's user id.
 phase2 = Blueprint(
-    "phase2", __name__, url_prefix="/api/<int:user_id>/tasks", description="Phase II paths: the same operations under your user id."
+    "phase2", __name__, url_prefix="/api/<user_id>/tasks", description="Phase II paths: the same operations under your user id."
 )
 phase2.add_url_rule("", view_func=Tasks)
 phase2.add_url_rule(f"/{TASK_ID}", view_func=TaskById)
@@ -2897,6 +3113,8 @@ def create_app(test_config=None, instance_path=None):
     os.makedirs(app.instance_path, exist_ok=True)
     app.config["SQLALCHEMY_DATABASE_URI"] = database_uri(app.config["SQLALCHEMY_DATABASE_URI"])
     app.config["JWT_SECRET_KEY"] = load_jwt_secret(app)
+    if issuer := app.config["AUTH_ISSUER"]:
+        app.extensions["issuer_keys"] = IssuerKeys(app.config["AUTH_JWKS_URL"] or f"{issuer.rstrip('/')}/api/auth/jwks")
     if app.config["TRUSTED_PROXIES"]:
         hops = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)

@@ -25,7 +25,8 @@ def assert_token_pair(response, status=200):
     assert set(response.json) == TOKEN_PAIR_KEYS
     assert response.json["token_type"] == "Bearer"
     assert response.json["expires_in"] == 900
-    assert set(response.json["user"]) == {"id", "email", "name", "created_at"}
+    assert set(response.json["user"]) == {"id", "email", "name", "created_at", "issuer", "subject"}
+    assert response.json["user"]["issuer"] is None and response.json["user"]["subject"] is None  # a local account
 
 
 def assert_401(response):

@@ -97,7 +97,7 @@ def test_lengths_stand_beside_patterns(spec):
 def test_response_schemas_require_what_is_always_sent(spec):
     schemas = spec["components"]["schemas"]
     assert set(schemas["Task"]["required"]) == TASK_KEYS
-    assert set(schemas["User"]["required"]) == {"id", "email", "name", "created_at"}
+    assert set(schemas["User"]["required"]) == {"id", "email", "name", "created_at", "issuer", "subject"}
     assert set(schemas["TokenPair"]["required"]) == {"access_token", "refresh_token", "token_type", "expires_in", "user"}
     assert set(schemas["Health"]["required"]) == {"status", "database"}
     assert set(schemas["Error"]["required"]) == {"code", "status", "message"}
