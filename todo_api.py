@@ -1635,7 +1635,8 @@ class ClientDocPlugin(BasePlugin):
     Error responses (flask-smorest registers one component per status) get a realistic example
     and the headers sent with them; each operation lists its blueprint's errors (BLUEPRINT_ERRORS);
     every response documents X-Request-ID; Phase II operations
-    get operation ids of their own (they share their views with /api/tasks)."""
+    get operation ids of their own (they share their views with /api/tasks), and their user_id
+    says what it takes."""
 
     def response_helper(self, response, **kwargs):
         code = {status.phrase: status.value for status in HTTPStatus}.get(response.get("description"), 500)
@@ -1643,6 +1644,13 @@ class ClientDocPlugin(BasePlugin):
             return None
         content = {media: {**body, "example": ERROR_EXAMPLES[code]} for media, body in response["content"].items()}
         return {"content": content, "headers": {"X-Request-ID": REQUEST_ID_HEADER, **ERROR_HEADERS.get(code, {})}}
+
+    def path_helper(self, path=None, operations=None, parameters=None, **kwargs):
+        for parameter in parameters or ():
+            if parameter.get("name") == "user_id":
+                parameter["description"] = "Your id, or for an identity provider's account its subject (its tokens' sub)."
+                parameter["example"] = "1"
+        return None
 
     def operation_helper(self, path=None, operations=None, **kwargs):
         for operation in (operations or {}).values():
