@@ -78,7 +78,8 @@ class SigningKey:
             "sub": sub, "iat": now, "exp": now + 900, "iss": ISSUER, "aud": ISSUER, **claims,
         }  # fmt: skip
         payload = {name: value for name, value in payload.items() if value is not ...}
-        headers = {name: value for name, value in {"kid": self.kid, **(header or {})}.items() if value is not ...}
+        # Better Auth's header is {"alg", "kid"}: no "typ" (PyJWT drops a typ of None).
+        headers = {name: value for name, value in {"kid": self.kid, "typ": None, **(header or {})}.items() if value is not ...}
         return jwt.encode(payload, self.private, algorithm=self.alg, headers=headers)
 
 
