@@ -3106,27 +3106,32 @@ CORS_POLICY = {
 }
 
 
-def create_app(test_config=None, instance_path=None):
-    """Build the app: config from Config, the environment and test_config, then extensions and routes."""
-    app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
+def configure(app, test_config):
+    """The app's settings: Config, the environment, then test_config; checked, and what follows
+    from them (the JWT key, the identity provider's keys)."""
     app.config.from_object(Config)
     read_environment(app.config)
     if "DATABASE_URL" in os.environ:
         app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
     app.config.from_prefixed_env()  # FLASK_<KEY> for every key
     app.config.update(test_config or {})
-
     if not app.config["DATABASE_TIMEOUT"] > 0:
         raise ConfigError("DATABASE_TIMEOUT must be a number of seconds above 0.")
     os.makedirs(app.instance_path, exist_ok=True)
     app.config["SQLALCHEMY_DATABASE_URI"] = database_uri(app.config["SQLALCHEMY_DATABASE_URI"])
     app.config["JWT_SECRET_KEY"] = load_jwt_secret(app)
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(app.config)
     if issuer := app.config["AUTH_ISSUER"]:
         app.extensions["issuer_keys"] = IssuerKeys(app.config["AUTH_JWKS_URL"] or f"{issuer.rstrip('/')}/api/auth/jwks")
+
+
+def create_app(test_config=None, instance_path=None):
+    """Build the app: its settings (configure), then extensions and routes."""
+    app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
+    configure(app, test_config)
     if app.config["TRUSTED_PROXIES"]:
         hops = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(app.config)
     app.json.sort_keys = False  # objects keep their schema's field order; sorting costs every response
     configure_logging(app)
     # Registered before the extensions' hooks, so a request refused by one (a 429) has an id too.

@@ -14,7 +14,6 @@ import pytest
 
 from helpers import bearer
 from scripts.loopback import free_port
-from todo_api import create_app, db
 
 HERE = os.path.join(os.path.dirname(__file__), "better_auth")
 
@@ -63,17 +62,8 @@ def sign_up_and_get_a_token(base, email):
 
 
 @pytest.fixture
-def app(config, better_auth, tmp_path):
-    app = create_app({**config, "AUTH_ISSUER": better_auth}, instance_path=str(tmp_path / "instance"))
-    with app.app_context():
-        db.create_all()
-    yield app
-    with app.app_context():
-        db.session.remove()
-        with db.engine.begin() as connection:
-            for table in reversed(db.metadata.sorted_tables):
-                connection.execute(table.delete())
-        db.engine.dispose()
+def config(config, better_auth):
+    return {**config, "AUTH_ISSUER": better_auth}
 
 
 def test_a_better_auth_token_works_on_the_phase_two_paths(client, better_auth):
