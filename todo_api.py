@@ -383,6 +383,7 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 MAX_ID = 2**63 - 1
 TASK_ID = f"<int(max={MAX_ID}):task_id>"  # in a route: werkzeug answers 404 for an id no database holds
 PRIORITIES = ("low", "medium", "high")  # stored as their index, so they sort low < medium < high
+DEFAULT_PRIORITY = PRIORITIES.index("medium")
 
 
 def utcnow():
@@ -474,7 +475,7 @@ class Task(db.Model):
     description: Mapped[str] = mapped_column(Text, default="")
     completed: Mapped[bool] = mapped_column(Boolean, default=False)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime)
-    priority: Mapped[int] = mapped_column(SmallInteger, default=1)  # its rank in PRIORITIES: they sort low < medium < high
+    priority: Mapped[int] = mapped_column(SmallInteger, default=DEFAULT_PRIORITY)  # its rank in PRIORITIES
     due_date: Mapped[datetime | None] = mapped_column(DateTime)
     tags: Mapped[list] = mapped_column(JSON, default=list)  # sorted; its tag rows follow it (see below)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -1179,7 +1180,7 @@ class PasswordChangeSchema(StrictSchema):
 TASK_DEFAULTS = {
     "description": "",
     "completed": False,
-    "priority": PRIORITIES.index("medium"),
+    "priority": DEFAULT_PRIORITY,
     "due_date": None,
     "tags": (),
     "recurrence": None,
@@ -1767,32 +1768,31 @@ class IssuerKeys:
 
     def __init__(self, url):
         self.client = PyJWKClient(url, cache_jwk_set=False, cache_keys=False, timeout=self.FETCH_TIMEOUT)
-        self.keys, self.fetched, self.failed, self.lock = {}, None, None, threading.Lock()
-        self.clock = time.monotonic
+        self.keys, self.lock, self.clock = {}, threading.Lock(), time.monotonic
+        self.tried, self.down = None, False  # when the set was last fetched or tried; whether that failed
 
     def key(self, kid):
         """The issuer's key named `kid`, or None when the set, fetched, has none; a 503 while the
         set cannot be fetched and no kept key has that name."""
         with self.lock:
-            last = max((moment for moment in (self.fetched, self.failed) if moment is not None), default=None)
-            if kid not in self.keys and (last is None or self.clock() - last >= self.REFETCH_AFTER):
+            if kid not in self.keys and (self.tried is None or self.clock() - self.tried >= self.REFETCH_AFTER):
                 self.fetch()
             if kid in self.keys:
                 return self.keys[kid]
-            if self.failed is not None and (self.fetched is None or self.failed > self.fetched):
-                retry = max(1, math.ceil(self.failed + self.REFETCH_AFTER - self.clock()))
+            if self.down:
+                retry = max(1, math.ceil(self.tried + self.REFETCH_AFTER - self.clock()))
                 abort(
                     503, message="The identity provider's keys cannot be fetched; try again shortly.", headers={"Retry-After": str(retry)}
                 )
             return None
 
     def fetch(self):
+        self.tried, self.down = self.clock(), True
         try:
             entries = self.client.fetch_data().get("keys")
             if not isinstance(entries, list):
                 raise ValueError("no keys array")
         except (PyJWKClientError, ValueError, AttributeError):
-            self.failed = self.clock()
             current_app.logger.warning("the identity provider's keys could not be fetched")
             return
         self.keys = {}
@@ -1803,7 +1803,7 @@ class IssuerKeys:
                 continue  # a key of a kind PyJWT cannot use: no token verifies with it
             if isinstance(key.key_id, str) and key.algorithm_name in ISSUER_ALGORITHMS:
                 self.keys[key.key_id] = key
-        self.fetched = self.clock()
+        self.down = False
 
 
 def is_issuer_token(claims):
